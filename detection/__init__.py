@@ -1,0 +1,1 @@
+"""Detection transfer: checkpoint conversion, datasets, evaluators and engines."""

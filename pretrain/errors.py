@@ -1,0 +1,23 @@
+"""One exception type for mistakes a user can fix, and a CLI wrapper that prints it cleanly."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """Bad input (missing folder, unknown key, wrong checkpoint...): message says what and how to fix."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a command-line entry point; a UserError prints one line (no traceback) and exits 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
