@@ -1,0 +1,276 @@
+"""Pretraining configuration: defaults, YAML files with `_BASE_`, and `KEY VALUE` overrides.
+
+Every knob of the method (see method_spec.md) is a key here, so ablation tables can vary it.
+Unknown keys and values of the wrong type are user errors that name the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+from .errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's CfgNode (yacs with `_BASE_`), kept as a named type for our defaults."""
+
+
+def get_default_config() -> CfgNode:
+    """Return a fresh copy of every pretraining key with its default value."""
+    c = CfgNode()
+    c.METHOD = "byol"  # byol | simsiam
+    c.SEED = 0
+    c.OUTPUT_DIR = ""  # empty: outputs/pretrain/<config name>[-rim][-ifm]-s<seed>
+
+    c.MODEL = CfgNode()
+    c.MODEL.BACKBONE = "resnet18"  # resnet18 | resnet34 | resnet50
+    c.MODEL.CIFAR_STEM = False  # 3x3 stride-1 conv1 and no max-pool (for 32x32 inputs)
+    c.MODEL.ZERO_INIT_RESIDUAL = False
+    c.MODEL.PROJ_HIDDEN_DIM = 4096
+    c.MODEL.PROJ_OUTPUT_DIM = 256
+    c.MODEL.PRED_HIDDEN_DIM = 4096
+    c.MODEL.PROJ_LAYERS = 0  # linear layers in the projector; 0 = method default (BYOL 2, SimSiam 3)
+    c.MODEL.SYNC_BN = False  # convert all BatchNorm to SyncBatchNorm under DDP
+
+    c.BYOL = CfgNode()
+    c.BYOL.BASE_MOMENTUM = 0.99  # EMA momentum at step 0, cosine-increased to FINAL_MOMENTUM
+    c.BYOL.FINAL_MOMENTUM = 1.0
+
+    c.RIM = CfgNode()
+    c.RIM.ENABLED = False
+    c.RIM.RATIO = 0.3  # fraction of grid cells masked, exact per sample
+    c.RIM.PATCH_SIZE = 0  # cell side in pixels; 0 = image side / 8
+    c.RIM.FILL = "zero"  # zero | noise | blur
+    c.RIM.PROB = 0.5  # probability that a sample is masked
+    c.RIM.BRANCH = "online"  # online | both
+
+    c.IFM = CfgNode()
+    c.IFM.ENABLED = False
+    c.IFM.ALPHA = 1.0  # lambda ~ Beta(alpha, alpha), then max(lambda, 1 - lambda)
+    c.IFM.LEVEL = "backbone"  # backbone | projector
+    c.IFM.TARGET = "feature"  # feature | output | loss
+    c.IFM.PARTNER = "permute"  # permute | reverse
+    c.IFM.WEIGHT = 1.0
+    c.IFM.START_EPOCH = 0
+
+    c.DATA = CfgNode()
+    c.DATA.DATASET = "synthetic"  # synthetic | imagefolder | cifar10 | cifar100
+    c.DATA.ROOT = "datasets/synthetic"
+    c.DATA.KNN_TRAIN = ""  # imagefolder only: labelled folder used as the kNN memory bank
+    c.DATA.KNN_VAL = ""  # imagefolder only: labelled folder whose top-1 is reported
+    c.DATA.IMAGE_SIZE = 32
+    c.DATA.BATCH_SIZE = 256  # global batch (all processes together)
+    c.DATA.NUM_WORKERS = 2
+    c.DATA.MEAN = [0.485, 0.456, 0.406]
+    c.DATA.STD = [0.229, 0.224, 0.225]
+
+    c.AUG = CfgNode()
+    c.AUG.CROP_MIN_SCALE = 0.08
+    c.AUG.FLIP_PROB = 0.5
+    c.AUG.JITTER_PROB = 0.8
+    c.AUG.BRIGHTNESS = 0.4
+    c.AUG.CONTRAST = 0.4
+    c.AUG.SATURATION = 0.2
+    c.AUG.HUE = 0.1
+    c.AUG.GRAY_PROB = 0.2
+    c.AUG.BLUR_PROB = [1.0, 0.1]  # view 1, view 2 (BYOL's asymmetric pair)
+    c.AUG.SOLARIZE_PROB = [0.0, 0.2]
+
+    c.OPTIM = CfgNode()
+    c.OPTIM.NAME = "sgd"  # sgd | lars
+    c.OPTIM.BASE_LR = 0.05  # LR = BASE_LR * BATCH_SIZE / REFERENCE_BATCH_SIZE
+    c.OPTIM.REFERENCE_BATCH_SIZE = 256
+    c.OPTIM.MOMENTUM = 0.9
+    c.OPTIM.WEIGHT_DECAY = 1e-4
+    c.OPTIM.LARS_ETA = 0.001
+    c.OPTIM.WARMUP_EPOCHS = 0.0
+    c.OPTIM.WARMUP_START_FACTOR = 0.0
+    c.OPTIM.FINAL_LR_FACTOR = 0.0  # cosine ends at BASE_LR * this
+    c.OPTIM.PREDICTOR_FIXED_LR = False  # SimSiam: predictor keeps the initial LR
+
+    c.TRAIN = CfgNode()
+    c.TRAIN.EPOCHS = 10
+    c.TRAIN.PRECISION = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    c.TRAIN.CHANNELS_LAST = True  # GPU only
+    c.TRAIN.DEVICE = "auto"  # auto | cpu | cuda
+    c.TRAIN.LOG_PERIOD = 10  # steps between metrics.jsonl lines
+    c.TRAIN.CHECKPOINT_PERIOD = 10  # epochs between numbered checkpoints (last.pth every epoch, and the final one)
+    c.TRAIN.CHECKPOINT_PERIOD_STEPS = 0  # also refresh last.pth every N steps (0 = off)
+    c.TRAIN.KNN_PERIOD = 1  # epochs between online kNN evaluations (0 = off)
+    c.TRAIN.KNN_K = 200
+    c.TRAIN.KNN_T = 0.1
+    c.TRAIN.MAX_STEPS = 0  # stop after this many steps in total (0 = no limit; for smoke runs)
+    c.TRAIN.PROGRESS = True
+    c.TRAIN.TENSORBOARD = True
+    c.TRAIN.DETERMINISTIC = False  # torch.use_deterministic_algorithms on GPU
+    return c
+
+
+_CHOICES = {
+    "METHOD": ("byol", "simsiam"),
+    "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+    "RIM.FILL": ("zero", "noise", "blur"),
+    "RIM.BRANCH": ("online", "both"),
+    "IFM.LEVEL": ("backbone", "projector"),
+    "IFM.TARGET": ("feature", "output", "loss"),
+    "IFM.PARTNER": ("permute", "reverse"),
+    "DATA.DATASET": ("synthetic", "imagefolder", "cifar10", "cifar100"),
+    "OPTIM.NAME": ("sgd", "lars"),
+    "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
+    "TRAIN.DEVICE": ("auto", "cpu", "cuda"),
+}
+
+
+def _get(cfg: CfgNode, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_config(cfg: CfgNode, source: str = "config") -> None:
+    """Check value ranges and choices; raise UserError naming the key and what is allowed."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise UserError(f"{source}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+    def check(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UserError(f"{source}: {key} = {_get(cfg, key)!r} {what}")
+
+    check(0.0 <= cfg.RIM.RATIO <= 1.0, "RIM.RATIO", "must be in [0, 1]")
+    check(0.0 <= cfg.RIM.PROB <= 1.0, "RIM.PROB", "must be in [0, 1]")
+    check(cfg.RIM.PATCH_SIZE >= 0, "RIM.PATCH_SIZE", "must be >= 0 (0 = image side / 8)")
+    check(cfg.MODEL.PROJ_LAYERS in (0, 1, 2, 3, 4), "MODEL.PROJ_LAYERS", "must be 0 (method default) or 1..4")
+    check(cfg.IFM.ALPHA > 0, "IFM.ALPHA", "must be > 0")
+    check(cfg.IFM.WEIGHT >= 0, "IFM.WEIGHT", "must be >= 0")
+    check(cfg.IFM.START_EPOCH >= 0, "IFM.START_EPOCH", "must be >= 0")
+    check(cfg.DATA.IMAGE_SIZE >= 8, "DATA.IMAGE_SIZE", "must be >= 8")
+    check(cfg.DATA.BATCH_SIZE >= 1, "DATA.BATCH_SIZE", "must be >= 1")
+    check(cfg.DATA.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", "must be >= 0")
+    check(len(cfg.DATA.MEAN) == 3 and len(cfg.DATA.STD) == 3, "DATA.MEAN", "and DATA.STD need 3 values")
+    check(len(cfg.AUG.BLUR_PROB) == 2, "AUG.BLUR_PROB", "needs 2 values (view 1, view 2)")
+    check(len(cfg.AUG.SOLARIZE_PROB) == 2, "AUG.SOLARIZE_PROB", "needs 2 values (view 1, view 2)")
+    check(0.0 < cfg.AUG.CROP_MIN_SCALE <= 1.0, "AUG.CROP_MIN_SCALE", "must be in (0, 1]")
+    check(cfg.OPTIM.BASE_LR > 0, "OPTIM.BASE_LR", "must be > 0")
+    check(cfg.OPTIM.REFERENCE_BATCH_SIZE >= 0, "OPTIM.REFERENCE_BATCH_SIZE", "must be >= 0 (0 = no scaling)")
+    check(cfg.OPTIM.WARMUP_EPOCHS >= 0, "OPTIM.WARMUP_EPOCHS", "must be >= 0")
+    check(0.0 <= cfg.BYOL.BASE_MOMENTUM <= cfg.BYOL.FINAL_MOMENTUM <= 1.0, "BYOL.BASE_MOMENTUM",
+          "must satisfy 0 <= BASE_MOMENTUM <= FINAL_MOMENTUM <= 1")
+    check(cfg.TRAIN.EPOCHS >= 1, "TRAIN.EPOCHS", "must be >= 1")
+    check(cfg.TRAIN.CHECKPOINT_PERIOD >= 1, "TRAIN.CHECKPOINT_PERIOD", "must be >= 1")
+    check(cfg.TRAIN.LOG_PERIOD >= 1, "TRAIN.LOG_PERIOD", "must be >= 1")
+    check(cfg.TRAIN.KNN_K >= 1, "TRAIN.KNN_K", "must be >= 1")
+    check(cfg.TRAIN.KNN_T > 0, "TRAIN.KNN_T", "must be > 0")
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path as given, or a bare file name looked up in pretrain/configs/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / name
+    if candidate.is_file():
+        return candidate
+    if not name.endswith(".yaml") and (CONFIG_DIR / f"{name}.yaml").is_file():
+        return CONFIG_DIR / f"{name}.yaml"
+    shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+    raise UserError(f"config file {name!r} not found (as a path or in pretrain/configs/: {shipped})")
+
+
+def _parse_value(text: str):
+    """Command-line values are YAML literals: 0.3, true, [1.0, 0.1], resnet50."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> CfgNode:
+    """Defaults, then the YAML file (with `_BASE_`), then `KEY VALUE` pairs; validated and frozen."""
+    cfg = get_default_config()
+    source = "defaults"
+    if config_file:
+        path = resolve_config_path(config_file)
+        source = str(path)
+        try:
+            loaded = cfg.load_yaml_with_base(str(path), allow_unsafe=False)
+            if not isinstance(loaded, dict):
+                raise UserError(f"{path}: expected a mapping of config keys at the top level")
+            _coerce_numbers(loaded, cfg)
+            cfg.merge_from_other_cfg(CfgNode(loaded))
+        except KeyError as exc:
+            raise UserError(f"{path}: {_key_error_text(exc)}") from None
+        except (ValueError, TypeError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: {exc}") from None
+    overrides = list(overrides or [])
+    if len(overrides) % 2:
+        raise UserError(f"overrides must be KEY VALUE pairs; {overrides[-1]!r} has no value")
+    pairs = []
+    for key, value in zip(overrides[0::2], overrides[1::2]):
+        parsed = _parse_value(value)
+        default = _lookup(cfg, key)
+        if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+            parsed = float(parsed)
+        elif isinstance(default, list) and isinstance(parsed, list):
+            parsed = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in parsed]
+        pairs += [key, parsed if isinstance(parsed, str) else repr(parsed) if parsed is not None else value]
+    try:
+        cfg.merge_from_list(pairs)
+    except (KeyError, AssertionError) as exc:
+        raise UserError(f"command line: {_key_error_text(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"command line: {exc}") from None
+    validate_config(cfg, source)
+    cfg.freeze()
+    return cfg
+
+
+def _lookup(cfg: CfgNode, dotted: str):
+    """The current value of a dotted key, or None when it does not exist (yacs reports that)."""
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _coerce_numbers(loaded: dict, defaults: dict) -> None:
+    """Let an integer stand for a float key (`BASE_LR: 1`), which yacs would reject as a type mismatch."""
+    for key, value in loaded.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if isinstance(value, dict) and isinstance(default, dict):
+            _coerce_numbers(value, default)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            loaded[key] = float(value)
+        elif isinstance(default, list) and isinstance(value, list):
+            loaded[key] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+
+
+def _key_error_text(exc: Exception) -> str:
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if "Non-existent" in text:
+        return f"unknown config key ({text}); see pretrain/config.py for every key"
+    return text
+
+
+def config_to_dict(cfg: CfgNode) -> dict:
+    """Plain nested dict (for JSON records)."""
+    return yaml.safe_load(cfg.dump())
+
+
+def config_hash(cfg: CfgNode) -> str:
+    """Stable hash of the merged config, ignoring where outputs go."""
+    data = config_to_dict(cfg)
+    data.pop("OUTPUT_DIR", None)
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

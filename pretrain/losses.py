@@ -1,0 +1,36 @@
+"""Loss functions of the negative-free Siamese methods, as pure per-sample functions.
+
+The caller passes targets already detached (stop-gradient); these functions do not detach, so
+they can be checked against hand-computed values and gradients in isolation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def byol_distance(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL: 2 - 2 cos(p, z) per sample (the squared distance of the normalised vectors)."""
+    return 2.0 - 2.0 * F.cosine_similarity(p, z, dim=-1)
+
+
+def simsiam_distance(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam: -cos(p, z) per sample."""
+    return -F.cosine_similarity(p, z, dim=-1)
+
+
+DISTANCES = {"byol": byol_distance, "simsiam": simsiam_distance}
+
+
+def symmetric_loss(distance, p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """1/2 [D(p1, t2) + D(p2, t1)], averaged over the batch: each view predicts the other."""
+    return 0.5 * (distance(p1, t2).mean() + distance(p2, t1).mean())
+
+
+def mixed_target_loss(
+    distance, p: torch.Tensor, z: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor
+) -> torch.Tensor:
+    """IFM.TARGET=loss (i-Mix style): lambda D(p, z) + (1 - lambda) D(p, z[perm]) per sample."""
+    lam = lam.to(device=p.device, dtype=p.dtype)
+    return lam * distance(p, z) + (1.0 - lam) * distance(p, z[perm.to(p.device)])

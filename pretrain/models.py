@@ -1,0 +1,77 @@
+"""Backbones (torchvision ResNets) and the MLP heads of BYOL and SimSiam."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def build_backbone(name: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+    """A randomly initialised torchvision ResNet whose forward returns pooled features (fc removed).
+
+    cifar_stem replaces the 7x7/2 conv and max-pool with a 3x3/1 conv, as usual for 32x32 inputs.
+    """
+    if name not in FEATURE_DIMS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEATURE_DIMS)}")
+    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.feature_dim = FEATURE_DIMS[name]
+    return net
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a Linear; `last_bn` adds SimSiam's affine-free BN on the output.
+
+    Hidden linears have no bias when followed by BN (the bias would be cancelled).
+    """
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        mods.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*mods)
+
+
+def byol_projector(in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, layers: int = 2) -> nn.Sequential:
+    """BYOL projector: Linear-BN-ReLU-Linear (4096 -> 256 in the paper)."""
+    return mlp(in_dim, hidden_dim, out_dim, layers=layers)
+
+
+def byol_predictor(dim: int = 256, hidden_dim: int = 4096) -> nn.Sequential:
+    """BYOL predictor: the same shape as the projector, dim -> hidden -> dim."""
+    return mlp(dim, hidden_dim, dim, layers=2)
+
+
+def simsiam_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048, layers: int = 3) -> nn.Sequential:
+    """SimSiam projector: every linear followed by BN, the last BN without affine parameters."""
+    return mlp(in_dim, hidden_dim, out_dim, layers=layers, last_bn=True)
+
+
+def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
+    """SimSiam predictor: a bottleneck dim -> 512 -> dim, no BN on the output."""
+    return mlp(dim, hidden_dim, dim, layers=2)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- m * target + (1 - m) * online for parameters; buffers (BN statistics) are copied."""
+    t_params = list(target.parameters())
+    o_params = list(online.parameters())
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)

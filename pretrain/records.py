@@ -1,0 +1,50 @@
+"""record.json: the one summary every run (pretrain, knn, linear, detection) ends by writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and '-dirty') when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("rimifm")
+    except PackageNotFoundError:
+        pkg = "0.1.0"
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return f"{pkg}+{sha}" if sha else pkg
+    except (OSError, subprocess.SubprocessError):
+        return pkg
+
+
+def new_run_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_record(path: str | os.PathLike, record: dict) -> Path:
+    """Write a record as sorted, indented JSON (stable bytes for the same content)."""
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
