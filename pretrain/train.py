@@ -366,7 +366,9 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
                         history["knn_top1"] = acc
                         log.log({"step": step, "epoch": ep, "knn_top1": acc})
                 if env.main:
-                    msg = f"epoch {ep}/{cfg.TRAIN.EPOCHS}: loss {last_loss.get('loss', float('nan')):.4f}"
+                    msg = f"epoch {ep}/{cfg.TRAIN.EPOCHS}"
+                    if "loss" in last_loss:
+                        msg += f": loss {last_loss['loss']:.4f}"
                     if "knn_top1" in history and cfg.TRAIN.KNN_PERIOD and ep % cfg.TRAIN.KNN_PERIOD == 0:
                         msg += f", kNN top-1 {history['knn_top1']:.2f}%"
                     print(msg, flush=True)
