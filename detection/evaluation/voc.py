@@ -1,0 +1,422 @@
+"""PASCAL VOC box AP with exactly detectron2's definition (PascalVOCDetectionEvaluator), vectorised.
+
+detectron2's evaluator writes per-class text files and runs py-faster-rcnn's `voc_eval` loop once
+per class and IoU threshold. This module computes the same numbers with numpy over all
+detections at once. The definition reproduced here:
+
+* Ground truth comes from the VOC XML files as written (1-based, inclusive pixel coordinates).
+  Only GT of the evaluated class count; `difficult` GT are not positives.
+* Per class, detections are ordered by `np.argsort(-score)` over the class's detections kept in
+  input order (so ties are broken exactly as detectron2 breaks them for the same input order).
+* IoU uses the inclusive-pixel convention: widths and heights are `x2 - x1 + 1`.
+* Each detection looks only at its best-overlapping GT of the same class and image (first one on
+  ties, difficult and already-matched GT included). If that IoU is strictly greater than the
+  threshold: a difficult GT makes the detection neither TP nor FP; an unmatched GT makes it a TP
+  (and the GT matched); a matched GT makes it a FP. Otherwise it is a FP.
+* precision = tp / max(tp + fp, eps), recall = tp / npos; AP is the 11-point interpolated AP
+  (`use_07_metric`, VOC2007) or the area under the monotone precision envelope (VOC2012).
+* Reported: AP = mean over IoU thresholds 0.50:0.05:0.95 of the mean over classes, AP50, AP75,
+  each times 100.
+
+Box convention of our inputs (how a detectron2 model's predictions map): detection boxes are
+`(x0, y0, x1, y1)` in detectron2's continuous image coordinates, i.e. what a detectron2 model
+trained on its VOC loader outputs (that loader reads a GT box `(xmin, ymin, xmax, ymax)` from XML
+as `(xmin - 1, ymin - 1, xmax, ymax)`). detectron2's evaluator writes `x0 + 1, y0 + 1, x1, y1`
+to its text files and compares those with the XML numbers; so do we. It also writes the score
+with 3 decimals and the coordinates with 1 decimal (after adding 1 in float32, the dtype of
+its boxes), which changes results (score ties, IoU right at a threshold). With
+`d2_text_rounding=True` (default) we apply the same rounding, so both give identical numbers on
+the same predictions given in the same order; with False the full-precision values are used.
+A COCO results `bbox` `[x, y, w, h]` is read as the box `(x, y, x + w, y + h)` in that same
+detectron2 space (detectron2's COCO export writes exactly that).
+
+Where detectron2 would crash we decide: a detection on an image outside the split is a
+UserError; a class with no non-difficult GT gets what detectron2's formulas give (0 with the
+11-point metric; NaN with the area metric when it has detections) and is listed in
+`classes_without_positives`; missing `difficult`/`pose`/`truncated` tags are allowed (difficult
+= 0) and non-integer XML coordinates are kept as floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pretrain.errors import UserError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+#: detectron2 evaluates at range(50, 100, 5) / 100.0
+DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = tuple(t / 100.0 for t in range(50, 100, 5))
+
+GroundTruth = Mapping[str, Mapping[str, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- rounding
+
+
+def _round_decimals(x: np.ndarray, digits: int) -> np.ndarray:
+    """float(f"{v:.{digits}f}") for every v, vectorised (exact: near-ties fall back to Python's formatting)."""
+    x = np.asarray(x, dtype=np.float64)
+    scale = 10.0 ** digits
+    y = x * scale
+    out = np.rint(y) / scale  # integer / power of ten: correctly rounded, like parsing the decimal text
+    with np.errstate(invalid="ignore"):
+        near = np.abs(np.abs(y - np.trunc(y)) - 0.5) < 1e-6
+    for i in np.flatnonzero(near):
+        out.flat[i] = float(f"{x.flat[i]:.{digits}f}")
+    return out
+
+
+def detectron2_text_boxes(boxes: np.ndarray, scores: np.ndarray, rounding: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and scores as detectron2's VOC evaluator writes them to its text files, back as float64.
+
+    `(x0, y0, x1, y1)` -> `(x0 + 1, y0 + 1, x1, y1)`; with `rounding`, the +1 is done in float32
+    and coordinates/scores are rounded to 1/3 decimals like its `{:.1f}`/`{:.3f}` formatting.
+    """
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if rounding:
+        b32 = boxes.astype(np.float32)
+        b32[:, :2] += np.float32(1)
+        return _round_decimals(b32.astype(np.float64), 1), _round_decimals(scores, 3)
+    out = boxes.astype(np.float64, copy=True)
+    out[:, :2] += 1.0
+    return out, scores.copy()
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+def _voc_dir(voc_root: str | os.PathLike, year: int) -> Path:
+    root = Path(voc_root)
+    for cand in (root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"):
+        if (cand / "Annotations").is_dir():
+            return cand
+    raise UserError(f"no VOC folder at {root}: expected {root}/Annotations or {root}/VOC{year}/Annotations")
+
+
+def _parse_xml(path: Path, class_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (M,4) float64 as written, labels (M,), difficult (M,) bool) of one annotation file."""
+    if not path.is_file():
+        raise UserError(f"annotation file {path} does not exist")
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as exc:
+        raise UserError(f"annotation file {path} is not valid XML ({exc})") from None
+    boxes, labels, difficult = [], [], []
+    for obj in tree.findall("object"):
+        name_el = obj.find("name")
+        name = (name_el.text or "").strip() if name_el is not None else ""
+        if name not in class_index:
+            raise UserError(f"annotation file {path} has an object of unknown class {name!r}; "
+                            f"known: {', '.join(class_index)} (use --classes)")
+        diff_el = obj.find("difficult")
+        try:
+            diff = int(diff_el.text) if diff_el is not None and diff_el.text else 0
+            bb = obj.find("bndbox")
+            if bb is None:
+                raise ValueError("no <bndbox>")
+            coords = []
+            for tag in ("xmin", "ymin", "xmax", "ymax"):
+                el = bb.find(tag)
+                if el is None or el.text is None:
+                    raise ValueError(f"no <{tag}>")
+                text = el.text.strip()
+                try:
+                    coords.append(float(int(text)))
+                except ValueError:
+                    coords.append(float(text))
+        except ValueError as exc:
+            raise UserError(f"annotation file {path} has a malformed object {name!r} ({exc})") from None
+        boxes.append(coords)
+        labels.append(class_index[name])
+        difficult.append(bool(diff))
+    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
+            np.asarray(difficult, dtype=bool))
+
+
+def read_voc_annotations(voc_root: str | os.PathLike, split: str = "test", year: int = 2007,
+                         class_names: Sequence[str] = VOC_CLASSES) -> dict[str, dict[str, np.ndarray]]:
+    """Read `ImageSets/Main/<split>.txt` and each `Annotations/<id>.xml` under a VOC<year> folder.
+
+    `voc_root` is the VOC<year> folder itself or a folder holding it (or VOCdevkit/VOC<year>).
+    Returns {image id: {"boxes": (M,4) XML coordinates, "labels": (M,) class index,
+    "difficult": (M,) bool}} in split-file order.
+    """
+    base = _voc_dir(voc_root, year)
+    split_file = base / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise UserError(f"split file {split_file} does not exist")
+    ids = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
+    class_index = {c: i for i, c in enumerate(class_names)}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for image_id in ids:
+        if image_id in out:
+            raise UserError(f"split file {split_file} lists image {image_id} twice")
+        boxes, labels, difficult = _parse_xml(base / "Annotations" / f"{image_id}.xml", class_index)
+        out[image_id] = {"boxes": boxes, "labels": labels, "difficult": difficult}
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _image_indices(image_ids: Any, index: Mapping[str, int]) -> np.ndarray:
+    ids = np.asarray(image_ids)
+    if ids.dtype.kind == "O":
+        ids = ids.astype(str)
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    mapped = np.empty(len(uniq), dtype=np.int64)
+    for i, u in enumerate(uniq.tolist()):
+        key = str(u)
+        if key not in index:
+            raise UserError(f"detections refer to image {key!r}, which is not in the evaluated split")
+        mapped[i] = index[key]
+    return mapped[inverse.reshape(-1)]
+
+
+def _ap_rows(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> np.ndarray:
+    """AP for each row of (T, n) recall/precision curves, with detectron2's formulas and operation order."""
+    T = rec.shape[0]
+    if use_07_metric:
+        ap = np.zeros(T)
+        for t in np.arange(0.0, 1.1, 0.1):
+            mask = rec >= t
+            best = np.max(np.where(mask, prec, -np.inf), axis=1, initial=-np.inf)
+            ap = ap + np.where(mask.any(axis=1), best, 0.0) / 11.0
+        return ap
+    mrec = np.concatenate([np.zeros((T, 1)), rec, np.ones((T, 1))], axis=1)
+    mpre = np.concatenate([np.zeros((T, 1)), prec, np.zeros((T, 1))], axis=1)
+    mpre = np.maximum.accumulate(mpre[:, ::-1], axis=1)[:, ::-1]
+    changed = mrec[:, 1:] != mrec[:, :-1]
+    terms = (mrec[:, 1:] - mrec[:, :-1]) * mpre[:, 1:]
+    # sum each row over the selected entries only, as detectron2 does (same summation order)
+    return np.array([np.sum(terms[r][changed[r]]) for r in range(T)])
+
+
+def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names: Sequence[str],
+           iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, use_07_metric: bool = True,
+           d2_text_rounding: bool = True) -> dict[str, Any]:
+    """VOC AP of detections against ground truth, the same numbers as detectron2's VOC evaluator.
+
+    detections: {"image_ids": (N,) ids matching ground_truth keys (compared as str),
+    "boxes": (N,4) x0,y0,x1,y1 in detectron2 coordinates (see module docstring), "scores": (N,),
+    "labels": (N,) class index 0..K-1}. ground_truth: as returned by read_voc_annotations (every
+    image of the split, also those without objects). Returns plain-Python results: "AP", "AP50",
+    "AP75" (x100; None if that threshold is not evaluated), "per_class" {name: {"AP", "AP50",
+    "AP75"}}, "ap_table" (T lists of K class APs x100), "iou_thresholds", "num_positives",
+    "classes_without_positives", "metric".
+    """
+    K = len(class_names)
+    thresholds = np.asarray([float(t) for t in iou_thresholds], dtype=np.float64)
+    if thresholds.size == 0:
+        raise UserError("no IoU thresholds given")
+    T = len(thresholds)
+
+    # ---- ground truth: flatten, group by (class, image) keeping XML order inside a group
+    image_list = [str(k) for k in ground_truth]
+    index = {k: i for i, k in enumerate(image_list)}
+    n_img = len(image_list)
+    parts_b, parts_l, parts_d, parts_i = [], [], [], []
+    for i, key in enumerate(ground_truth):
+        rec = ground_truth[key]
+        labels = np.asarray(rec["labels"], dtype=np.int64).reshape(-1)
+        parts_b.append(np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 4))
+        parts_l.append(labels)
+        parts_d.append(np.asarray(rec.get("difficult", np.zeros(len(labels), bool)), dtype=bool).reshape(-1))
+        parts_i.append(np.full(len(labels), i, dtype=np.int64))
+    gt_boxes = np.concatenate(parts_b) if parts_b else np.zeros((0, 4))
+    gt_labels = np.concatenate(parts_l) if parts_l else np.zeros(0, np.int64)
+    gt_diff = np.concatenate(parts_d) if parts_d else np.zeros(0, bool)
+    gt_img = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+    if gt_labels.size and (gt_labels.min() < 0 or gt_labels.max() >= K):
+        raise UserError(f"ground-truth labels must be in 0..{K - 1}")
+    npos = np.bincount(gt_labels[~gt_diff], minlength=K)
+    gt_key = gt_labels * max(n_img, 1) + gt_img
+    g_order = np.argsort(gt_key, kind="stable")
+    gt_key, gt_boxes, gt_diff = gt_key[g_order], gt_boxes[g_order], gt_diff[g_order]
+
+    # ---- detections: per class in input order, then detectron2's argsort(-score)
+    boxes = np.asarray(detections.get("boxes", np.zeros((0, 4))))
+    labels = np.asarray(detections.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
+    n = len(labels)
+    if boxes.reshape(-1, 4).shape[0] != n or np.asarray(detections.get("scores", [])).size != n:
+        raise UserError("detections need boxes (N,4), scores (N,), labels (N,) and image_ids (N,) of one length N")
+    if n and (labels.min() < 0 or labels.max() >= K):
+        raise UserError(f"detection labels must be in 0..{K - 1} for {K} classes")
+    det_img = _image_indices(detections.get("image_ids", []), index)
+    if len(det_img) != n:
+        raise UserError("detections need one image id per box")
+    boxes, scores = detectron2_text_boxes(boxes, detections["scores"], rounding=d2_text_rounding)
+    by_class = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[by_class], np.arange(K + 1))
+    pieces = []
+    for c in range(K):
+        idx = by_class[bounds[c]:bounds[c + 1]]
+        pieces.append(idx[np.argsort(-scores[idx])])
+    order = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    d_box, d_key = boxes[order], labels[order] * max(n_img, 1) + det_img[order]
+
+    # ---- IoU of each detection against the GT of its (class, image), all pairs at once
+    start = np.searchsorted(gt_key, d_key, side="left")
+    count = np.searchsorted(gt_key, d_key, side="right") - start
+    offs = np.cumsum(count) - count
+    total = int(count.sum())
+    pair_det = np.repeat(np.arange(n), count)
+    pair_gt = start[pair_det] + (np.arange(total) - offs[pair_det])
+    bb, gg = d_box[pair_det], gt_boxes[pair_gt]
+    iw = np.maximum(np.minimum(gg[:, 2], bb[:, 2]) - np.maximum(gg[:, 0], bb[:, 0]) + 1.0, 0.0)
+    ih = np.maximum(np.minimum(gg[:, 3], bb[:, 3]) - np.maximum(gg[:, 1], bb[:, 1]) + 1.0, 0.0)
+    inters = iw * ih
+    uni = ((bb[:, 2] - bb[:, 0] + 1.0) * (bb[:, 3] - bb[:, 1] + 1.0)
+           + (gg[:, 2] - gg[:, 0] + 1.0) * (gg[:, 3] - gg[:, 1] + 1.0) - inters)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inters / uni
+    ovmax = np.full(n, -np.inf)
+    jmax = np.full(n, -1, dtype=np.int64)
+    has = np.flatnonzero(count > 0)
+    if has.size:
+        seg_max = np.maximum.reduceat(iou, offs[has])
+        ovmax[has] = seg_max
+        hit = np.where(iou == np.repeat(seg_max, count[has]), np.arange(total), total)
+        first = np.minimum.reduceat(hit, offs[has])
+        ok = first < total  # NaN maxima never pass a threshold, their GT is irrelevant
+        jmax[has[ok]] = pair_gt[first[ok]]
+
+    # ---- greedy matching for all thresholds at once
+    cand = ovmax[None, :] > thresholds[:, None]  # (T, n)
+    matched_difficult = np.zeros(n, dtype=bool)
+    matched_difficult[jmax >= 0] = gt_diff[jmax[jmax >= 0]]
+    ignored = cand & matched_difficult[None, :]
+    tp = np.zeros((T, n), dtype=bool)
+    live = np.flatnonzero((jmax >= 0) & ~matched_difficult)
+    if live.size:
+        live = live[np.argsort(jmax[live], kind="stable")]  # grouped by GT, rank order inside a group
+        g = jmax[live]
+        new_group = np.r_[True, g[1:] != g[:-1]]
+        group_of = np.cumsum(new_group) - 1
+        c = cand[:, live]
+        running = np.cumsum(c, axis=1)
+        before = (running - c)[:, np.flatnonzero(new_group)][:, group_of]
+        tp[:, live] = c & (running - before == 1)  # first candidate of its GT in score order
+    fp = ~tp & ~ignored
+
+    # ---- precision / recall / AP per class, all thresholds together
+    table = np.zeros((T, K))
+    cls_bounds = np.r_[0, np.cumsum([len(p) for p in pieces])]
+    eps = np.finfo(np.float64).eps
+    for ci in range(K):
+        a, b = cls_bounds[ci], cls_bounds[ci + 1]
+        ctp = np.cumsum(tp[:, a:b], axis=1, dtype=np.float64)
+        cfp = np.cumsum(fp[:, a:b], axis=1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rec = ctp / float(npos[ci])
+        prec = ctp / np.maximum(ctp + cfp, eps)
+        table[:, ci] = _ap_rows(rec, prec, use_07_metric) * 100
+
+    return _summarise(table, thresholds, class_names, npos, use_07_metric)
+
+
+def _summarise(table: np.ndarray, thresholds: np.ndarray, class_names: Sequence[str], npos: np.ndarray,
+               use_07_metric: bool) -> dict[str, Any]:
+    """detectron2's reduction: mean over classes per threshold, then mean over thresholds."""
+    per_thr = [float(np.mean(row)) for row in table]
+
+    def at(value: float, rows: list[float] | np.ndarray) -> float | None:
+        hit = np.flatnonzero(np.isclose(thresholds, value, rtol=0, atol=1e-9))
+        return float(rows[hit[0]]) if hit.size else None
+
+    per_class = {name: {"AP": float(np.mean(table[:, c])), "AP50": at(0.5, table[:, c]),
+                        "AP75": at(0.75, table[:, c])} for c, name in enumerate(class_names)}
+    return {
+        "AP": float(np.mean(per_thr)), "AP50": at(0.5, per_thr), "AP75": at(0.75, per_thr),
+        "per_class": per_class,
+        "ap_table": table.tolist(),
+        "iou_thresholds": thresholds.tolist(),
+        "num_positives": {name: int(npos[c]) for c, name in enumerate(class_names)},
+        "classes_without_positives": [name for c, name in enumerate(class_names) if npos[c] == 0],
+        "metric": "VOC2007 11-point" if use_07_metric else "area under PR envelope",
+    }
+
+
+# ----------------------------------------------------------------------------- COCO-format results
+
+
+def coco_results_to_detections(results: Any, image_ids: Sequence[str], num_classes: int,
+                               source: str = "detections") -> dict[str, np.ndarray]:
+    """COCO results list -> the arrays voc_ap takes; bbox [x,y,w,h] becomes (x, y, x+w, y+h).
+
+    image_id may be the VOC id string, or an int that equals an id ("12") or its 6-digit
+    zero-padded form ("000012", VOC2007 style). category_id 1..K follows the class order.
+    """
+    if not isinstance(results, list):
+        raise UserError(f"{source}: expected a JSON list of {{image_id, category_id, bbox, score}}")
+    known = set(image_ids)
+    id_cache: dict[Any, str] = {}
+    out_ids, out_lab, out_box, out_score = [], [], [], []
+    for n, r in enumerate(results):
+        try:
+            raw, cat, bbox, score = r["image_id"], r["category_id"], r["bbox"], r["score"]
+        except (KeyError, TypeError):
+            raise UserError(f"{source}: entry {n} lacks image_id/category_id/bbox/score") from None
+        if not isinstance(raw, (str, int)):
+            raise UserError(f"{source}: entry {n} has image_id {raw!r}; expected a VOC id string or an int")
+        key = id_cache.get(raw)
+        if key is None:
+            key = str(raw)
+            if key not in known and isinstance(raw, int) and f"{raw:06d}" in known:
+                key = f"{raw:06d}"
+            if key not in known:
+                raise UserError(f"{source}: entry {n} has image_id {raw!r}, which is not in the split")
+            id_cache[raw] = key
+        if not isinstance(cat, int) or not 1 <= cat <= num_classes:
+            raise UserError(f"{source}: entry {n} has category_id {cat!r}; expected 1..{num_classes}")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise UserError(f"{source}: entry {n} has bbox {bbox!r}; expected [x, y, w, h]")
+        out_ids.append(key)
+        out_lab.append(cat - 1)
+        out_box.append(bbox)
+        out_score.append(score)
+    try:
+        xywh = np.asarray(out_box, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(out_score, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: bbox and score values must be numbers") from None
+    # detectron2 made w = x1 - x0 in float32; adding in float32 gives x1 back
+    x0 = xywh[:, :2].astype(np.float32)
+    x1 = x0 + xywh[:, 2:].astype(np.float32)
+    boxes = np.concatenate([x0, x1], axis=1)
+    return {"image_ids": np.asarray(out_ids, dtype=object), "boxes": boxes, "scores": scores,
+            "labels": np.asarray(out_lab, dtype=np.int64)}
+
+
+def evaluate_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike,
+                               split: str = "test", year: int = 2007,
+                               class_names: Sequence[str] = VOC_CLASSES,
+                               iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+                               d2_text_rounding: bool = True) -> dict[str, Any]:
+    """Evaluate a COCO-format results JSON against a VOC split (11-point metric for 2007, area otherwise)."""
+    path = Path(results_json)
+    if not path.is_file():
+        raise UserError(f"detections file {path} does not exist")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"detections file {path} is not valid JSON ({exc})") from None
+    gt = read_voc_annotations(voc_root, split=split, year=year, class_names=class_names)
+    dets = coco_results_to_detections(results, list(gt), len(class_names), source=str(path))
+    return voc_ap(dets, gt, class_names, iou_thresholds=iou_thresholds, use_07_metric=(int(year) == 2007),
+                  d2_text_rounding=d2_text_rounding)
