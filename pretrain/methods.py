@@ -17,7 +17,14 @@ from torch import nn
 
 from . import ifm as ifm_ops
 from .losses import DISTANCES, mixed_target_loss, symmetric_loss
-from .models import build_backbone, byol_predictor, byol_projector, ema_update, simsiam_predictor, simsiam_projector
+from .models import (
+    build_backbone,
+    byol_predictor,
+    byol_projector,
+    ema_update,
+    simsiam_predictor,
+    simsiam_projector,
+)
 from .rim import random_image_masking
 
 

@@ -20,7 +20,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, check_compatible, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    atomic_torch_save,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .config import config_hash, config_to_dict, load_config
 from .data import EpochSampler, EvalDataset, TwoViewDataset, build_splits
 from .errors import UserError
@@ -208,7 +216,11 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
 
     model = build_method(cfg)
     if cfg.MODEL.SYNC_BN and env.world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif env.main:
+            print("warning: MODEL.SYNC_BN needs GPUs (PyTorch's SyncBatchNorm is CUDA-only); "
+                  "each CPU process keeps its own BatchNorm statistics", file=sys.stderr)
     model.to(device)
     if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
