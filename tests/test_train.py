@@ -172,3 +172,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
         train_mod.train(cfg3, "", None)
     after = weights(out / "checkpoints" / "last.pth")
     assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+@pytest.mark.slow
+def test_run_pretrain_sh_makes_missing_synthetic_data_and_trains(tmp_path):
+    root = tmp_path / "synthetic"
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(REPO / "tools" / "run_pretrain.sh"), "DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
+                        "TRAIN.MAX_STEPS", "2", "TRAIN.KNN_PERIOD", "0", "DATA.BATCH_SIZE", "16",
+                        "TRAIN.PROGRESS", "false", "DATA.NUM_WORKERS", "0"],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "making the synthetic dataset" in r.stdout
+    assert (root / "meta.json").is_file()
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["steps"] == 2 and rec["dataset"]["name"] == "synthetic"
+    bad = subprocess.run(["bash", str(REPO / "tools" / "run_pretrain.sh"), "RIM.NOPE", "1"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "RIM.NOPE" in bad.stderr and "Traceback" not in bad.stderr
