@@ -1,0 +1,203 @@
+"""detectron2 engine: MoCo's detection `train_net.py` protocol with our datasets, evaluator and record.
+
+Imported only when detectron2 is installed. One process per GPU through detectron2's `launch`;
+each process builds the config, registers the datasets and the Res5ROIHeadsExtraNorm head, then
+trains with `DefaultTrainer` (which evaluates at the end) or, with --eval-only, loads
+MODEL.WEIGHTS and evaluates. The main process writes OUTPUT_DIR/record.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.engine import DefaultTrainer, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from detection.config import (
+    D2_DEFAULT_OUTPUT_DIR,
+    WEIGHTS_PLACEHOLDER,
+    add_rimifm_config,
+    check_override_pairs,
+    default_output_dir,
+    read_config,
+    resolve_config_path,
+)
+from detection.convert import load_d2_pkl
+from detection.datasets import REGISTRY, register_datasets
+from detection.engines import d2_modeling
+from detection.engines.common import detection_record, extract_metrics, save_record
+from detection.evaluation.d2_evaluator import build_evaluator
+from pretrain.errors import UserError
+
+ENGINE = "detectron2"
+logger = logging.getLogger("detection")
+
+
+def _key_error(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if "Non-existent" in text:
+        return (f"{text} (not a detectron2 config key; our own keys live under RIMIFM, "
+                f"e.g. RIMIFM.SYNTHETIC_ROOT)")
+    return text
+
+
+def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
+    """detectron2's defaults + our RIMIFM node + the config file (with `_BASE_`) + KEY VALUE overrides, frozen.
+
+    OUTPUT_DIR, unless the file or the overrides set it, becomes
+    outputs/detection/<config stem>[-<weights stem>].
+    """
+    path = resolve_config_path(config)
+    opts = check_override_pairs(opts)
+    cfg = add_rimifm_config(get_cfg())
+    try:
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except KeyError as exc:
+        raise UserError(f"config file {path}: {_key_error(exc)}") from None
+    except (ValueError, TypeError, AssertionError, yaml.YAMLError) as exc:
+        raise UserError(f"config file {path}: {exc}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as exc:
+        raise UserError(f"command line: {_key_error(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"command line: {exc}") from None
+    explicit = "OUTPUT_DIR" in read_config(path) or "OUTPUT_DIR" in opts[0::2]
+    if not explicit and cfg.OUTPUT_DIR == D2_DEFAULT_OUTPUT_DIR:
+        cfg.OUTPUT_DIR = default_output_dir(path, cfg.MODEL.WEIGHTS)
+    cfg.freeze()
+    return cfg
+
+
+def _last_checkpoint_exists(cfg: CfgNode) -> bool:
+    return (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+
+
+def check_runnable(cfg: CfgNode, args: argparse.Namespace, config_path: Path) -> None:
+    """Stop early, with one clear message, on what would otherwise fail deep inside detectron2."""
+    weights = cfg.MODEL.WEIGHTS
+    resuming = args.resume and _last_checkpoint_exists(cfg)
+    if weights == WEIGHTS_PLACEHOLDER and not resuming:
+        raise UserError(f"{config_path.name} needs the backbone to fine-tune: add MODEL.WEIGHTS path/to/backbone.pkl "
+                        "(make it with `python tools/convert_to_d2.py checkpoint.pth backbone.pkl`), "
+                        "or MODEL.WEIGHTS '' to train from random initialisation")
+    if not weights and args.eval_only and not resuming:
+        raise UserError("--eval-only needs MODEL.WEIGHTS (e.g. OUTPUT_DIR/model_final.pth of a training run)")
+    if weights and "://" not in weights and not resuming:
+        if not Path(weights).is_file():
+            raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
+        if weights.endswith(".pkl"):
+            load_d2_pkl(weights)  # UserError when it is not a detectron2 weights pickle
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is visible; "
+                        "add MODEL.DEVICE cpu (slow for the real-data configs)")
+    if args.num_gpus * args.num_machines > 1:
+        if not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            raise UserError(f"--num-gpus {args.num_gpus} / --num-machines {args.num_machines}: detectron2 runs "
+                            f"several processes only on GPUs, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; "
+                            "use --num-gpus 1 on CPU")
+        if args.num_gpus > torch.cuda.device_count():
+            raise UserError(f"--num-gpus {args.num_gpus} but this machine shows {torch.cuda.device_count()} GPU(s)")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise UserError("--num-machines > 1 needs --dist-url tcp://<host of machine 0>:<port>")
+    known = set(DatasetCatalog.list())
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in known:
+                raise UserError(f"DATASETS.{key} names {name!r}, which is not a registered dataset; ours: "
+                                f"{', '.join(sorted(REGISTRY))}")
+            if name in REGISTRY:
+                REGISTRY[name].check_exists()
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluators are ours (VOC) or detectron2's COCOEvaluator (COCO)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> Any:
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def _setup_process(args: argparse.Namespace) -> tuple[CfgNode, int]:
+    """Config, logging, seeding and registrations of one process; returns (cfg, seed used)."""
+    cfg = build_cfg(args.config, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detection")
+    if cfg.SEED >= 0:
+        seed = cfg.SEED  # default_setup seeded with SEED + rank
+    else:  # draw it ourselves so that the record can name it
+        seed = int.from_bytes(os.urandom(4), "big") % 2**31
+        seed_all_rng(seed + comm.get_rank())
+    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=True)
+    d2_modeling.register()
+    return cfg, seed
+
+
+def _sec_per_iter(trainer: DefaultTrainer) -> float | None:
+    try:
+        return float(trainer.storage.history("time").global_avg())
+    except (KeyError, AttributeError, ZeroDivisionError):
+        return None
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Body of one process: train (and evaluate at the end) or evaluate only; rank 0 writes the record."""
+    t0 = time.perf_counter()
+    cfg, seed = _setup_process(args)
+    sec_per_iter = None
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        ckpt = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                     resume=args.resume)
+        iterations = int(ckpt.get("iteration", -1)) + 1 if isinstance(ckpt, dict) and "iteration" in ckpt else 0
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        iterations = trainer.iter  # equals MAX_ITER once training finished
+        results = getattr(trainer, "_last_eval_results", None)
+        sec_per_iter = _sec_per_iter(trainer)
+    if comm.is_main_process():
+        record = detection_record(cfg, engine=ENGINE, results=results, iterations=iterations,
+                                  wall_time_s=time.perf_counter() - t0, seed=seed, eval_only=args.eval_only,
+                                  world_size=comm.get_world_size(), sec_per_iter=sec_per_iter)
+        path = save_record(cfg, record)
+        m = record["metrics"]
+        summary = "  ".join(f"{k} {m[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in m) or "no metrics"
+        print(f"{record['protocol']} ({ENGINE}): {summary}")
+        print(f"record: {path}")
+    comm.synchronize()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Check the config in this process (clean errors), then launch the workers; returns the record."""
+    path = resolve_config_path(args.config)
+    args.config_file = str(path)  # default_setup logs the file under this name
+    cfg = build_cfg(path, args.opts)
+    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=True)
+    check_runnable(cfg, args, path)
+    started = time.time()
+    launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    record = Path(cfg.OUTPUT_DIR) / "record.json"
+    if record.is_file() and record.stat().st_mtime >= started:
+        return json.loads(record.read_text())
+    return None
+
+
+__all__ = ["Trainer", "build_cfg", "check_runnable", "extract_metrics", "run"]
