@@ -1,10 +1,9 @@
 """The project's set-up files agree with each other and the README's commands exist."""
 
 import re
+
 import tomllib
-
 import yaml
-
 from conftest import REPO
 
 
