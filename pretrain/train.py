@@ -300,9 +300,8 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
     env.barrier()
 
     previous_handlers = _install_signal_handlers()
-    last_loss: dict[str, float] = {}
-    train_time = 0.0
-    train_images = 0
+    history.setdefault("train_time_s", 0.0)  # data loading + compute, summed over resumes
+    history.setdefault("train_images", 0)
     try:
         while step < max_steps:
             epoch, start_in_epoch = divmod(step, steps_per_epoch)
@@ -317,8 +316,8 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
                 bar = tqdm(total=(steps_per_epoch - start_in_epoch) * global_batch, unit="img", unit_scale=True,
                            desc=f"epoch {epoch + 1}/{cfg.TRAIN.EPOCHS}", dynamic_ncols=True, leave=False, mininterval=1.0)
             window_t, window_imgs = time.perf_counter(), 0
+            t_prev = window_t
             for v1, v2 in loader:
-                t0 = time.perf_counter()
                 v1 = v1.to(device, non_blocking=True)
                 v2 = v2.to(device, non_blocking=True)
                 if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
@@ -343,9 +342,10 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
                 momentum = raw_model.after_step((step + 1) / total_steps)
                 step += 1
                 images_seen += global_batch
-                dt = time.perf_counter() - t0
-                train_time += dt
-                train_images += global_batch
+                t_now = time.perf_counter()
+                history["train_time_s"] += t_now - t_prev
+                history["train_images"] += global_batch
+                t_prev = t_now
                 window_imgs += global_batch
                 if bar is not None:
                     bar.update(global_batch)
@@ -358,7 +358,7 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
                         row["ifm_loss"] = env.mean(out["ifm_loss"])
                     if momentum is not None:
                         row["momentum"] = momentum
-                    last_loss = {k: row[k] for k in ("loss", "base_loss", "z_std", "ifm_loss") if k in row}
+                    history.update({k: row[k] for k in ("loss", "base_loss", "z_std", "ifm_loss") if k in row})
                     log.log(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", z_std=f"{row['z_std']:.3f}", lr=f"{lr:.3g}")
@@ -379,8 +379,8 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
                         log.log({"step": step, "epoch": ep, "knn_top1": acc})
                 if env.main:
                     msg = f"epoch {ep}/{cfg.TRAIN.EPOCHS}"
-                    if "loss" in last_loss:
-                        msg += f": loss {last_loss['loss']:.4f}"
+                    if "loss" in history:
+                        msg += f": loss {history['loss']:.4f}"
                     if "knn_top1" in history and cfg.TRAIN.KNN_PERIOD and ep % cfg.TRAIN.KNN_PERIOD == 0:
                         msg += f", kNN top-1 {history['knn_top1']:.2f}%"
                     print(msg, flush=True)
@@ -415,13 +415,14 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
         "world_size": env.world,
         "device": device.type,
         "precision": precision,
-        "metrics": {**last_loss, **{k: v for k, v in history.items()}},
+        "metrics": {k: v for k, v in history.items() if k not in ("train_time_s", "train_images")},
         "config": config_to_dict(cfg),
         "config_hash": config_hash(cfg),
         "checkpoint": str(last_path),
         "output_dir": str(out_dir),
         "wall_time_s": round(wall, 3),
-        "images_per_s": round(train_images / train_time, 2) if train_time > 0 else None,
+        "images_per_s": (round(history["train_images"] / history["train_time_s"], 2)
+                         if history["train_time_s"] > 0 else None),
         "peak_memory_mb": _peak_memory_mb(device),
         "code_version": version,
     }
