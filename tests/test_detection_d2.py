@@ -115,6 +115,19 @@ def test_r18_fpn_and_r18_c4_from_the_synthetic_configs(tmp_path: Path) -> None:
     _check_all_loaded(c4, source, "backbone.", c4=True)
 
 
+def test_r50_fpn_coco_config_with_converted_weights(tmp_path: Path) -> None:
+    model = build_model(_cfg("coco_r50_fpn_1x.yaml", tmp_path))
+    head = model.roi_heads.box_head
+    assert len(head.conv_norm_relus) == 4 and len(head.fcs) == 1  # the 4conv1fc head
+    assert all(isinstance(c.norm, torch.nn.SyncBatchNorm) for c in head.conv_norm_relus)
+    assert isinstance(model.backbone.fpn_lateral2.norm, torch.nn.SyncBatchNorm)
+    assert isinstance(model.backbone.bottom_up.res2[0].conv1.norm, torch.nn.SyncBatchNorm)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 81
+    path, source = _pkl(tmp_path, "resnet50")
+    DetectionCheckpointer(model).load(str(path))
+    _check_all_loaded(model, source, "backbone.bottom_up.", c4=False)
+
+
 def test_single_process_sync_bn_is_plain_bn(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 8, 5, 5)
