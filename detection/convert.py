@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain.checkpoint import load_checkpoint as _load_checkpoint
 from pretrain.errors import UserError
 
 OUR_FORMAT = "rimifm-pretrain"
@@ -375,23 +376,7 @@ def _validate(model: Mapping[str, Any], depth: int) -> None:
 
 def load_checkpoint(path: str | os.PathLike, unsafe_legacy_pickle: bool = False) -> Any:
     """torch.load with weights_only=True; `unsafe_legacy_pickle` allows arbitrary objects (trusted files only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_legacy_pickle)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Unsupported global" in msg:
-            found = re.search(r"GLOBAL (\S+)", msg)
-            detail = f" such as {found.group(1)}" if found else ""
-            raise UserError(f"{path} is a legacy pickle holding Python objects{detail} besides tensors; safe "
-                            "loading refuses it. If you trust where the file came from, rerun with "
-                            "--unsafe-legacy-pickle (loads with weights_only=False, which can execute code)") from None
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_first_line(msg)})") from None
-    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError, ... on non-checkpoints
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                        f"{_first_line(str(exc))})") from None
+    return _load_checkpoint(path, unsafe_legacy_pickle, unsafe_flag="--unsafe-legacy-pickle")
 
 
 def _first_line(msg: str) -> str:

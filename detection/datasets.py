@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detection.voc_xml import VocObject, parse_voc_xml
 from pretrain.errors import UserError
 
 #: detectron2's BoxMode.XYXY_ABS and BoxMode.XYWH_ABS values
@@ -112,32 +113,11 @@ def _xml_int(tree: ET.ElementTree, tag: str, path: Path) -> int:
     return value
 
 
-def _voc_object(obj: ET.Element, path: Path, class_index: dict[str, int]) -> dict[str, Any]:
-    name_el = obj.find("name")
-    name = (name_el.text or "").strip() if name_el is not None else ""
-    if name not in class_index:
-        raise UserError(f"annotation file {path} has an object of unknown class {name!r}; expected one of "
-                        f"{', '.join(class_index)} (fix the file or use a dataset with these classes)")
-    box = obj.find("bndbox")
-    coords = []
-    for tag in ("xmin", "ymin", "xmax", "ymax"):
-        el = box.find(tag) if box is not None else None
-        try:
-            coords.append(float((el.text or "").strip()) if el is not None else float("nan"))
-        except ValueError:
-            coords.append(float("nan"))
-    if any(c != c for c in coords):  # NaN: tag missing or not a number
-        raise UserError(f"annotation file {path}: object {name!r} lacks numeric <bndbox> "
-                        "xmin/ymin/xmax/ymax; fix the file")
-    diff_el = obj.find("difficult")
-    try:
-        difficult = int((diff_el.text or "0").strip()) if diff_el is not None else 0
-    except ValueError:
-        raise UserError(f"annotation file {path}: object {name!r} has a non-integer <difficult>") from None
-    # 1-based inclusive pixel indices -> continuous coordinates (detectron2's VOC convention)
-    x0, y0, x1, y1 = coords[0] - 1.0, coords[1] - 1.0, coords[2], coords[3]
-    return {"bbox": [x0, y0, x1, y1], "bbox_mode": xyxy_abs_mode(), "category_id": class_index[name],
-            "difficult": int(bool(difficult)), "iscrowd": 0}
+def _voc_annotation(obj: VocObject) -> dict[str, Any]:
+    """detectron2's VOC convention: 1-based inclusive pixel indices -> continuous coordinates."""
+    x0, y0, x1, y1 = obj.box
+    return {"bbox": [x0 - 1.0, y0 - 1.0, x1, y1], "bbox_mode": xyxy_abs_mode(), "category_id": obj.label,
+            "difficult": int(obj.difficult), "iscrowd": 0}
 
 
 def read_voc_split(dirname: str | os.PathLike, split: str, class_names: Sequence[str],
@@ -165,17 +145,14 @@ def read_voc_split(dirname: str | os.PathLike, split: str, class_names: Sequence
         image = base / "JPEGImages" / f"{file_id}.jpg"
         if not anno.is_file():
             raise UserError(f"annotation file {anno} does not exist (listed in {split_file})")
-        try:
-            tree = ET.parse(anno)
-        except ET.ParseError as exc:
-            raise UserError(f"annotation file {anno} is not valid XML ({exc}); fix or regenerate it") from None
+        tree, objects = parse_voc_xml(anno, class_index)
         if check_images and not image.is_file():
             raise UserError(f"image file {image} does not exist (listed in {split_file}); "
                             "restore it or remove the id from the split file")
         records.append({
             "file_name": str(image), "image_id": file_id,
             "height": _xml_int(tree, "height", anno), "width": _xml_int(tree, "width", anno),
-            "annotations": [_voc_object(obj, anno, class_index) for obj in tree.findall("object")],
+            "annotations": [_voc_annotation(obj) for obj in objects],
         })
     return records
 

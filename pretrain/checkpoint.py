@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,19 +61,37 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | os.PathLike, unsafe_legacy_pickle: bool = False) -> dict:
-    """Read a checkpoint with torch.load(weights_only=True); a legacy pickle needs the explicit flag."""
+def load_checkpoint(path: str | os.PathLike, unsafe_legacy_pickle: bool = False,
+                    unsafe_flag: str | None = "--unsafe-legacy-pickle") -> dict:
+    """torch.load with weights_only=True; a legacy pickle of Python objects needs the explicit unsafe flag.
+
+    `unsafe_flag` names, in the error message, the option that sets `unsafe_legacy_pickle` (None: the
+    caller has no such option, as when resuming, which only takes checkpoints this tool wrote).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe_legacy_pickle)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"checkpoint {path} holds objects that safe loading refuses ({str(exc).splitlines()[0]}); "
-                        "if you trust the file, pass the unsafe legacy-pickle option") from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({str(exc).splitlines()[0]}); "
-                        "is it a truncated or non-PyTorch file?") from None
+        msg = str(exc)
+        if "Unsupported global" in msg:
+            found = re.search(r"GLOBAL (\S+)", msg)
+            detail = f" such as {found.group(1)}" if found else ""
+            advice = (f"If you trust where the file came from, rerun with {unsafe_flag} (loads with "
+                      "weights_only=False, which can execute code)" if unsafe_flag else
+                      "Only checkpoints written by this tool can be used here")
+            raise UserError(f"{path} is a legacy pickle holding Python objects{detail} besides tensors; safe "
+                            f"loading refuses it. {advice}") from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_first_line(msg)})") from None
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError, ... on non-checkpoints
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                        f"{_first_line(str(exc))})") from None
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def check_compatible(ckpt: dict, path, method: str, backbone: str) -> None:

@@ -241,7 +241,7 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
         raise UserError(f"--resume {resume}: no such checkpoint file")
     _clean_stale_tmp(ckpt_dir)
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
+        ckpt = load_checkpoint(resume_path, unsafe_flag=None)
         check_compatible(ckpt, resume_path, cfg.METHOD, cfg.MODEL.BACKBONE)
         try:
             model.load_state_dict(ckpt["model"])

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detection.voc_xml import parse_voc_xml
 from pretrain.errors import UserError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -108,42 +108,10 @@ def _voc_dir(voc_root: str | os.PathLike, year: int) -> Path:
 
 def _parse_xml(path: Path, class_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes (M,4) float64 as written, labels (M,), difficult (M,) bool) of one annotation file."""
-    if not path.is_file():
-        raise UserError(f"annotation file {path} does not exist")
-    try:
-        tree = ET.parse(path)
-    except ET.ParseError as exc:
-        raise UserError(f"annotation file {path} is not valid XML ({exc})") from None
-    boxes, labels, difficult = [], [], []
-    for obj in tree.findall("object"):
-        name_el = obj.find("name")
-        name = (name_el.text or "").strip() if name_el is not None else ""
-        if name not in class_index:
-            raise UserError(f"annotation file {path} has an object of unknown class {name!r}; "
-                            f"known: {', '.join(class_index)} (use --classes)")
-        diff_el = obj.find("difficult")
-        try:
-            diff = int(diff_el.text) if diff_el is not None and diff_el.text else 0
-            bb = obj.find("bndbox")
-            if bb is None:
-                raise ValueError("no <bndbox>")
-            coords = []
-            for tag in ("xmin", "ymin", "xmax", "ymax"):
-                el = bb.find(tag)
-                if el is None or el.text is None:
-                    raise ValueError(f"no <{tag}>")
-                text = el.text.strip()
-                try:
-                    coords.append(float(int(text)))
-                except ValueError:
-                    coords.append(float(text))
-        except ValueError as exc:
-            raise UserError(f"annotation file {path} has a malformed object {name!r} ({exc})") from None
-        boxes.append(coords)
-        labels.append(class_index[name])
-        difficult.append(bool(diff))
-    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
-            np.asarray(difficult, dtype=bool))
+    _, objects = parse_voc_xml(path, class_index)
+    return (np.asarray([o.box for o in objects], dtype=np.float64).reshape(-1, 4),
+            np.asarray([o.label for o in objects], dtype=np.int64),
+            np.asarray([o.difficult for o in objects], dtype=bool))
 
 
 def read_voc_annotations(voc_root: str | os.PathLike, split: str = "test", year: int = 2007,
