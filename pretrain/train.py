@@ -225,6 +225,8 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
     if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and cfg.TRAIN.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
 
     ref = cfg.OPTIM.REFERENCE_BATCH_SIZE
