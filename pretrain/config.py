@@ -6,14 +6,13 @@ Unknown keys and values of the wrong type are user errors that name the key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 from .errors import UserError
+from .records import stable_hash
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -272,5 +271,4 @@ def config_hash(cfg: CfgNode) -> str:
     """Stable hash of the merged config, ignoring where outputs go."""
     data = config_to_dict(cfg)
     data.pop("OUTPUT_DIR", None)
-    blob = json.dumps(data, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return stable_hash(data)

@@ -33,7 +33,7 @@ from .errors import UserError
 from .knn import extract_features, knn_predict
 from .models import FEATURE_DIMS, build_backbone
 from .optim import LARS, param_groups, warmup_cosine
-from .records import code_version, new_run_id, write_record
+from .records import code_version, new_run_id, stable_hash, write_record
 from .views import ViewSpec, make_view, sample_rng, to_normalised_tensor
 
 DATASETS = ("synthetic", "imagefolder", "cifar10", "cifar100")
@@ -377,8 +377,7 @@ class Standardiser:
 
 def config_hash(args: dict) -> str:
     """sha256 (16 hex) of the sorted JSON of the options, leaving out where outputs go."""
-    data = {k: v for k, v in args.items() if k not in _NON_HASHED}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash({k: v for k, v in args.items() if k not in _NON_HASHED})
 
 
 def resolve_device(name: str) -> torch.device:

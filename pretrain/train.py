@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -35,7 +34,7 @@ from .errors import UserError
 from .knn import extract_features, knn_top1
 from .methods import build_method
 from .optim import build_optimizer, set_lr, warmup_cosine
-from .records import atomic_write_text, code_version, write_record
+from .records import atomic_write_text, code_version, peak_memory_mb, write_record
 from .views import byol_view_specs
 
 
@@ -425,7 +424,7 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
         "wall_time_s": round(wall, 3),
         "images_per_s": (round(history["train_images"] / history["train_time_s"], 2)
                          if history["train_time_s"] > 0 else None),
-        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(device),
         "code_version": version,
     }
     if env.main:
@@ -433,17 +432,6 @@ def _train(cfg, config_name: str, resume: str | None, env: Distributed) -> dict:
         print(f"checkpoint: {last_path}")
         print(f"record: {out_dir / 'record.json'}")
     return record
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except ImportError:
-        return math.nan
 
 
 def parse_args(argv=None) -> argparse.Namespace:

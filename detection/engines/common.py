@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from detection.config import config_hash, config_to_dict, protocol_string
-from pretrain.records import code_version, write_record
+from pretrain.records import code_version, peak_memory_mb, write_record
 
 METRIC_KEYS = ("AP", "AP50", "AP75")
 
@@ -29,20 +28,6 @@ def extract_metrics(results: Mapping[str, Any] | None, test_names: Sequence[str]
         if isinstance(bbox, Mapping):
             out[name] = {k: float(bbox[k]) for k in METRIC_KEYS if k in bbox and bbox[k] is not None}
     return out
-
-
-def peak_memory_mb(device: str) -> float:
-    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), in MiB."""
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except ImportError:
-        return math.nan
 
 
 def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None, iterations: int,
