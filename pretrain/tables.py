@@ -291,8 +291,9 @@ def load_runs(paths: Sequence[Path], warn: Callable[[str], None]) -> tuple[list[
 
 
 class PretrainIndex:
-    """Finds the pretraining run a checkpoint (or converted .pkl) path belongs to: the run whose output
-    folder is the path or one of its parents, compared first as written, then resolved."""
+    """Finds the run a checkpoint (or converted .pkl) path belongs to: the run whose output folder is
+    the path or one of its parents, compared first as written, then resolved. Built over pretraining
+    records (and, to spot re-evaluations, over detection records)."""
 
     def __init__(self, runs: Iterable[Run]):
         self.by_text: dict[str, Run] = {}
@@ -328,6 +329,21 @@ def _run_dir_of(checkpoint: Any) -> str | None:
 
 def _external(source: str) -> str:
     return f"external: {Path(source).stem or source}"
+
+
+def drop_reevaluations(runs: list[Run], warn: Callable[[str], None]) -> list[Run]:
+    """Leave out eval-only detection records of a model another detection record already trained and
+    evaluated (its OUTPUT_DIR/model_final.pth), so one fine-tuning counts once; each is reported."""
+    trained = PretrainIndex(r for r in runs if r.kind == "detection" and not r.record.get("eval_only"))
+    kept = []
+    for run in runs:
+        if run.kind == "detection" and run.record.get("eval_only") and run.record["source_checkpoint"]:
+            hit = trained.find(run.record["source_checkpoint"])
+            if hit is not None and hit is not run:
+                warn(f"{run.path}: re-evaluation of the model trained by {hit.path}; counted once (that record)")
+                continue
+        kept.append(run)
+    return kept
 
 
 def link_runs(runs: list[Run], warn: Callable[[str], None]) -> None:
@@ -782,6 +798,8 @@ def make_tables(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     published = read_baselines(baselines)
     paths = find_records(run_dirs)
     runs, skipped = load_runs(paths, warn)
+    read = len(runs)
+    runs = drop_reevaluations(runs, warn)
     link_runs(runs, warn)
     label = Labeller(r.pre for r in runs if r.pre is not None)
     tables = {name: t for name, t in (("classification", classification_table(runs, published, label)),
@@ -789,7 +807,7 @@ def make_tables(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                                       ("ablation", ablation_table(runs, label))) if t is not None}
     files: list[str] = []
     if not runs:
-        return Result(len(paths), 0, skipped, tables, files)
+        return Result(len(paths), read, skipped, tables, files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLE_NAMES:
@@ -815,7 +833,7 @@ def make_tables(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                 if old.name not in written:
                     old.unlink()
         files += [f"curves/{n}" for n in written]
-    return Result(len(paths), len(runs), skipped, tables, sorted(files))
+    return Result(len(paths), read, skipped, tables, sorted(files))
 
 
 def _write(path: Path, text: str) -> None:

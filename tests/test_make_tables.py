@@ -120,6 +120,11 @@ def runs(tmp_path: Path) -> Path:
     for (protocol, engine, variant, seed), ap in DET.items():
         _detection(root, protocol, engine, str(dirs[(variant, seed)] / "backbone.pkl"), seed, ap)
     _detection(root, C4, "torchvision", "", 0, 5.0)
+    # an eval-only re-run of a model that a detection record above trained: counted once
+    trained = root / "detection" / "R18-C4-torchvision-byol-s0-s0"
+    _write(root / "detection" / "reeval" / "record.json", {
+        **json.loads((trained / "record.json").read_text()), "eval_only": True,
+        "source_checkpoint": str(trained / "model_final.pth"), "metrics": {"AP": 99.0}})
     _write(root / "eval" / "broken" / "record.json", '{"kind": "knn", "metrics": ')
     _write(root / "eval" / "no-top1" / "record.json", {
         "kind": "knn", "method": "byol", "backbone": "resnet18", "dataset": "cifar10",
@@ -152,7 +157,7 @@ def test_helpers() -> None:
 def test_classification_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     messages: list[str] = []
     result = _make(runs, tmp_path / "out", baselines, messages, plots=False)
-    assert (result.found, result.read, len(result.skipped)) == (30, 28, 2)
+    assert (result.found, result.read, len(result.skipped)) == (31, 29, 2)
     rows = _rows(tmp_path / "out" / "classification.csv")
     by = {(r["protocol"], r["method"], r["from"]): r for r in rows}
     base = by[("kNN k=200 T=0.1", "BYOL", "ours")]
@@ -226,6 +231,8 @@ def test_broken_records_reported(runs: Path, baselines: Path, tmp_path: Path) ->
     assert sorted(result.skipped) == sorted([broken, no_top1])
     assert any(m.startswith(f"skipped {broken}: not valid JSON") for m in messages)
     assert any(m.startswith(f"skipped {no_top1}: missing field 'metrics.top1'") for m in messages)
+    reeval = str(runs / "detection" / "reeval" / "record.json")
+    assert any(m.startswith(f"{reeval}: re-evaluation of the model trained by ") for m in messages)
 
 
 def test_byte_identical_regeneration(runs: Path, baselines: Path, tmp_path: Path) -> None:
@@ -254,7 +261,7 @@ def test_cli(runs: Path, baselines: Path, tmp_path: Path) -> None:
     out = tmp_path / "tables"
     proc = _cli(runs, "--out", out, "--baselines", baselines, "--no-plots")
     assert proc.returncode == 0, proc.stderr
-    assert "records: 30 found, 28 read, 2 skipped" in proc.stdout
+    assert "records: 31 found, 29 read, 2 skipped" in proc.stdout
     assert str(runs / "eval" / "broken" / "record.json") in proc.stderr
     assert f"written to {out}/" in proc.stdout
     assert "# Classification" in proc.stdout and "# Detection" in proc.stdout
