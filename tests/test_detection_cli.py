@@ -48,12 +48,17 @@ def test_help_works_without_detectron2() -> None:
 
 
 @pytest.mark.parametrize("engine", ["torchvision", "auto"])
-def test_torchvision_engine_is_a_clear_error(engine: str) -> None:
+def test_torchvision_engine_runs_without_detectron2_and_checks_its_input(engine: str) -> None:
     proc = _run("--config", "voc_r50.yaml", "--engine", engine)
-    line = _assert_clean_error(proc, "torchvision engine is not implemented yet", "install detectron2",
-                               "pip install --no-build-isolation")
-    if engine == "auto":
-        assert "found no detectron2" in line
+    _assert_clean_error(proc, "voc_r50.yaml needs the backbone to fine-tune", "MODEL.WEIGHTS path/to/backbone.pkl")
+
+
+def test_torchvision_engine_lists_every_value_it_cannot_honour() -> None:
+    proc = _run("--config", "voc_r50.yaml", "--engine", "torchvision", "MODEL.MASK_ON", "True",
+                "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, True, True]", "MODEL.META_ARCHITECTURE", "X")
+    line = _assert_clean_error(proc, "cannot honour 3 config value(s)", "MODEL.MASK_ON", "DEFORM_ON_PER_STAGE",
+                               "MODEL.META_ARCHITECTURE")
+    assert "--engine detectron2" in line
 
 
 def test_detectron2_engine_without_detectron2_is_a_clear_error() -> None:

@@ -2,8 +2,8 @@
 
 An engine is a module with `run(args: argparse.Namespace) -> dict | None` that trains and/or
 evaluates as the args say and writes the run's record.json. `detectron2` (d2_engine.py) is the
-reference; `torchvision` (torchvision_engine.py) is planned and chosen automatically when
-detectron2 is not installed.
+reference; `torchvision` (torchvision_engine.py) runs the same configs without detectron2 and is
+chosen by `auto` when detectron2 is not installed.
 """
 
 from __future__ import annotations
@@ -36,13 +36,6 @@ def detectron2_available() -> bool:
     return True
 
 
-def _engine_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(_MODULES[name]) is not None
-    except ImportError:
-        return False
-
-
 def resolve_engine_name(name: str) -> str:
     """'auto' -> 'detectron2' when it imports, else 'torchvision'; other names are checked."""
     if name not in ENGINES:
@@ -57,10 +50,4 @@ def select_engine(name: str) -> tuple[str, ModuleType]:
     resolved = resolve_engine_name(name)
     if resolved == "detectron2" and not detectron2_available():
         raise UserError(f"--engine detectron2: detectron2 is not installed; {D2_INSTALL_HINT}")
-    if resolved == "torchvision" and not _engine_exists("torchvision"):
-        why = ("--engine auto found no detectron2, and the torchvision engine"
-               if name == "auto" else "the torchvision engine")
-        then = ("use --engine detectron2 (it is installed)" if detectron2_available()
-                else D2_INSTALL_HINT + ", then run again (--engine auto picks it)")
-        raise UserError(f"{why} is not implemented yet; {then}")
     return resolved, importlib.import_module(_MODULES[resolved])

@@ -1,13 +1,17 @@
-"""Pieces every engine shares: the detection record and metric extraction (no detectron2 needed)."""
+"""Pieces every engine shares: input checks, the detection record and metric extraction (no detectron2 needed)."""
 
 from __future__ import annotations
 
+import argparse
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from detection.config import config_hash, config_to_dict, protocol_string
+from detection.config import WEIGHTS_PLACEHOLDER, config_hash, config_to_dict, protocol_string
+from detection.convert import load_d2_pkl
+from detection.datasets import REGISTRY
+from pretrain.errors import UserError
 from pretrain.records import code_version, peak_memory_mb, write_record
 
 METRIC_KEYS = ("AP", "AP50", "AP75")
@@ -71,3 +75,50 @@ def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None
 def save_record(cfg: Any, record: Mapping[str, Any]) -> Path:
     """Write record.json into OUTPUT_DIR."""
     return write_record(Path(cfg.OUTPUT_DIR) / "record.json", dict(record))
+
+
+def last_checkpoint_exists(cfg: Any) -> bool:
+    """True when OUTPUT_DIR/last_checkpoint names a checkpoint to resume from."""
+    return (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
+
+
+def check_runnable(cfg: Any, args: argparse.Namespace, config_path: Path, known_datasets: Collection[str],
+                   cuda_available: bool, cuda_count: int) -> None:
+    """Stop early, with one clear message, on what would otherwise fail deep inside an engine.
+
+    Checks MODEL.WEIGHTS (placeholder, missing file, not a weights pickle), MODEL.DEVICE, the
+    process options and that every DATASETS.TRAIN/TEST name is registered and on disk.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    resuming = args.resume and last_checkpoint_exists(cfg)
+    if weights == WEIGHTS_PLACEHOLDER and not resuming:
+        raise UserError(f"{config_path.name} needs the backbone to fine-tune: add MODEL.WEIGHTS path/to/backbone.pkl "
+                        "(make it with `python tools/convert_to_d2.py checkpoint.pth backbone.pkl`), "
+                        "or MODEL.WEIGHTS '' to train from random initialisation")
+    if not weights and args.eval_only and not resuming:
+        raise UserError("--eval-only needs MODEL.WEIGHTS (e.g. OUTPUT_DIR/model_final.pth of a training run)")
+    if weights and "://" not in weights and not resuming:
+        if not Path(weights).is_file():
+            raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
+        if weights.endswith(".pkl"):
+            load_d2_pkl(weights)  # UserError when it is not a detectron2 weights pickle
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not cuda_available:
+        raise UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is visible; "
+                        "add MODEL.DEVICE cpu (slow for the real-data configs)")
+    if args.num_gpus * args.num_machines > 1:
+        if not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            raise UserError(f"--num-gpus {args.num_gpus} / --num-machines {args.num_machines}: detectron2 runs "
+                            f"several processes only on GPUs, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; "
+                            "use --num-gpus 1 on CPU")
+        if args.num_gpus > cuda_count:
+            raise UserError(f"--num-gpus {args.num_gpus} but this machine shows {cuda_count} GPU(s)")
+    if args.num_machines > 1 and args.dist_url == "auto":
+        raise UserError("--num-machines > 1 needs --dist-url tcp://<host of machine 0>:<port>")
+    known = set(known_datasets)
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in known:
+                raise UserError(f"DATASETS.{key} names {name!r}, which is not a registered dataset; ours: "
+                                f"{', '.join(sorted(REGISTRY))}")
+            if name in REGISTRY:
+                REGISTRY[name].check_exists()

@@ -29,16 +29,14 @@ from detectron2.utils.logger import setup_logger
 
 from detection.config import (
     D2_DEFAULT_OUTPUT_DIR,
-    WEIGHTS_PLACEHOLDER,
     add_rimifm_config,
     check_override_pairs,
     default_output_dir,
     read_config,
     resolve_config_path,
 )
-from detection.convert import load_d2_pkl
-from detection.datasets import REGISTRY, register_datasets
-from detection.engines import d2_modeling
+from detection.datasets import register_datasets
+from detection.engines import common, d2_modeling
 from detection.engines.common import detection_record, extract_metrics, save_record
 from detection.evaluation.d2_evaluator import build_evaluator
 from pretrain.errors import UserError
@@ -83,45 +81,10 @@ def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     return cfg
 
 
-def _last_checkpoint_exists(cfg: CfgNode) -> bool:
-    return (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()
-
-
 def check_runnable(cfg: CfgNode, args: argparse.Namespace, config_path: Path) -> None:
     """Stop early, with one clear message, on what would otherwise fail deep inside detectron2."""
-    weights = cfg.MODEL.WEIGHTS
-    resuming = args.resume and _last_checkpoint_exists(cfg)
-    if weights == WEIGHTS_PLACEHOLDER and not resuming:
-        raise UserError(f"{config_path.name} needs the backbone to fine-tune: add MODEL.WEIGHTS path/to/backbone.pkl "
-                        "(make it with `python tools/convert_to_d2.py checkpoint.pth backbone.pkl`), "
-                        "or MODEL.WEIGHTS '' to train from random initialisation")
-    if not weights and args.eval_only and not resuming:
-        raise UserError("--eval-only needs MODEL.WEIGHTS (e.g. OUTPUT_DIR/model_final.pth of a training run)")
-    if weights and "://" not in weights and not resuming:
-        if not Path(weights).is_file():
-            raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
-        if weights.endswith(".pkl"):
-            load_d2_pkl(weights)  # UserError when it is not a detectron2 weights pickle
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is visible; "
-                        "add MODEL.DEVICE cpu (slow for the real-data configs)")
-    if args.num_gpus * args.num_machines > 1:
-        if not str(cfg.MODEL.DEVICE).startswith("cuda"):
-            raise UserError(f"--num-gpus {args.num_gpus} / --num-machines {args.num_machines}: detectron2 runs "
-                            f"several processes only on GPUs, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; "
-                            "use --num-gpus 1 on CPU")
-        if args.num_gpus > torch.cuda.device_count():
-            raise UserError(f"--num-gpus {args.num_gpus} but this machine shows {torch.cuda.device_count()} GPU(s)")
-    if args.num_machines > 1 and args.dist_url == "auto":
-        raise UserError("--num-machines > 1 needs --dist-url tcp://<host of machine 0>:<port>")
-    known = set(DatasetCatalog.list())
-    for key in ("TRAIN", "TEST"):
-        for name in cfg.DATASETS[key]:
-            if name not in known:
-                raise UserError(f"DATASETS.{key} names {name!r}, which is not a registered dataset; ours: "
-                                f"{', '.join(sorted(REGISTRY))}")
-            if name in REGISTRY:
-                REGISTRY[name].check_exists()
+    common.check_runnable(cfg, args, config_path, DatasetCatalog.list(), torch.cuda.is_available(),
+                          torch.cuda.device_count())
 
 
 class Trainer(DefaultTrainer):
