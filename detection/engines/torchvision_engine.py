@@ -136,27 +136,28 @@ def load_backbone_pkl(model: FasterRCNN, path: str) -> int:
         else:
             loaded[target] = tensor.to(state[target].dtype)
     missing = sorted(set(targets.values()) - set(loaded))
-    if mismatched or missing:
+    is_norm = lambda n: n.startswith("bn1.") or ".bn" in n or ".downsample.1." in n  # noqa: E731
+    ignorable = [n for n in unplaced if model.resnet_norm == "" and is_norm(n)]
+    extra = [n for n in unplaced if n not in ignorable]
+    if mismatched or missing or extra:
         parts = []
+        if extra:
+            parts.append(f"{len(extra)} tensor(s) have no place in it: {', '.join(extra[:5])}"
+                         + (" ..." if len(extra) > 5 else ""))
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatch(es): {', '.join(mismatched[:5])}")
         if missing:
             parts.append(f"{len(missing)} backbone tensor(s) not in the file: {', '.join(missing[:5])}"
                          + (" ..." if len(missing) > 5 else ""))
-        raise UserError(f"MODEL.WEIGHTS {path} does not fit the ResNet-{model_depth(model)} of this config: "
+        raise UserError(f"MODEL.WEIGHTS {path} does not fit the ResNet-{model.depth} of this config: "
                         + "; ".join(parts) + " (check MODEL.RESNETS.DEPTH and the converted checkpoint)")
     with torch.no_grad():
         for target, tensor in loaded.items():
             state[target].copy_(tensor)
     logger.info("loaded %d/%d backbone tensors from %s", len(loaded), len(targets), path)
-    if unplaced:
-        logger.warning("%d tensor(s) of %s have no place in this model (e.g. norms when NORM is ''): %s",
-                       len(unplaced), path, ", ".join(unplaced[:5]))
+    if ignorable:
+        logger.warning("%d norm tensor(s) of %s are not used: MODEL.RESNETS.NORM is ''", len(ignorable), path)
     return len(loaded)
-
-
-def model_depth(model: FasterRCNN) -> int:
-    return int(getattr(model, "depth", 0))
 
 
 def _read_checkpoint(path: str) -> dict[str, Any]:
@@ -413,10 +414,12 @@ def _swap_sync_bn(module: nn.Module) -> None:
             _swap_sync_bn(child)
 
 
-def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any, int, float | None]:
-    """Train (resuming when asked) and evaluate at the end; returns (results, iterations, seconds per iteration)."""
+def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any, int, float | None, int]:
+    """Train (resuming when asked) and evaluate at the end.
+
+    Returns (results, iterations, seconds per iteration, iteration this run started at).
+    """
     model = build_model(cfg).to(env.device)
-    model.depth = cfg.MODEL.RESNETS.DEPTH
     opt = build_optimizer(cfg, model)
     start_iter = 0
     last = _last_checkpoint(cfg) if args.resume else None
@@ -438,7 +441,7 @@ def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any,
         logger.info("already trained to iteration %d (SOLVER.MAX_ITER %d); evaluating", start_iter, max_iter)
         results = evaluate(cfg, model, env)
         log.close()
-        return results, max_iter, None
+        return results, max_iter, None, start_iter
     loader = train_loader(dicts, cfg, seed, env.rank, env.world, start_iter)
     window: dict[str, deque] = defaultdict(lambda: deque(maxlen=LOG_PERIOD))
     bar = _progress(max_iter, start_iter, env.main)
@@ -480,7 +483,7 @@ def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any,
             if cfg.TEST.PRECISE_BN.ENABLED and (eval_now or final):
                 precise_bn(cfg, model, dicts, seed, env, it)
             period = cfg.SOLVER.CHECKPOINT_PERIOD
-            if env.main and period > 0 and (it + 1) % period == 0 and not final:
+            if env.main and period > 0 and (it + 1) % period == 0:
                 save_checkpoint(cfg, model, opt, it, f"model_{it:07d}.pth")
             if env.main and final:
                 save_checkpoint(cfg, model, opt, it, "model_final.pth")
@@ -496,7 +499,7 @@ def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any,
         bar.close()
         log.close()
     steady = times[1:] if len(times) > 1 else times
-    return results, max_iter, (sum(steady) / len(steady) if steady else None)
+    return results, max_iter, (sum(steady) / len(steady) if steady else None), start_iter
 
 
 def _load_initial(cfg: Any, model: FasterRCNN) -> None:
@@ -512,7 +515,6 @@ def _load_initial(cfg: Any, model: FasterRCNN) -> None:
 
 def _eval_only(cfg: Any, args: argparse.Namespace, env: Env) -> tuple[Any, int]:
     model = build_model(cfg).to(env.device)
-    model.depth = cfg.MODEL.RESNETS.DEPTH
     path = (_last_checkpoint(cfg) if args.resume else None) or cfg.MODEL.WEIGHTS
     if path.endswith(".pkl"):
         load_backbone_pkl(model, path)
@@ -547,15 +549,16 @@ def _worker(args: argparse.Namespace) -> None:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         atomic_write_text(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
     try:
-        sec_per_iter = None
+        sec_per_iter, start_iter = None, 0
         if args.eval_only:
             results, iterations = _eval_only(cfg, args, env)
         else:
-            results, iterations, sec_per_iter = train(cfg, args, env, seed)
+            results, iterations, sec_per_iter, start_iter = train(cfg, args, env, seed)
         if env.main:
             record = detection_record(cfg, engine=ENGINE, results=results, iterations=iterations,
                                       wall_time_s=time.perf_counter() - t0, seed=seed, eval_only=args.eval_only,
-                                      world_size=env.world, sec_per_iter=sec_per_iter)
+                                      world_size=env.world, sec_per_iter=sec_per_iter,
+                                      extra={"start_iteration": start_iter})
             path = save_record(cfg, record)
             m = record["metrics"]
             summary = "  ".join(f"{k} {m[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in m) or "no metrics"

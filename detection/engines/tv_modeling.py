@@ -583,6 +583,7 @@ class FasterRCNN(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         m = cfg.MODEL
+        self.depth, self.resnet_norm = int(m.RESNETS.DEPTH), str(m.RESNETS.NORM)
         net = _resnet(m.RESNETS.DEPTH, m.RESNETS.NORM)
         self.fpn = is_fpn(cfg)
         if self.fpn:
