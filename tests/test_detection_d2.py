@@ -239,3 +239,37 @@ def test_check_runnable_stops_on_what_would_fail_later(tmp_path: Path) -> None:
         check_runnable(_cfg("voc_r50.yaml", tmp_path), argparse.Namespace(**{**vars(args), "num_gpus": 2}), path)
     with pytest.raises(UserError, match=r"DATASETS.TEST names 'voc_2099_test'.*not a registered dataset"):
         check_runnable(_cfg("voc_r50.yaml", tmp_path, "DATASETS.TEST", "('voc_2099_test',)"), args, path)
+
+
+def test_torchvision_engine_matches_detectron2_on_the_same_weights(tmp_path: Path) -> None:
+    """Same converted R18 -> same backbone feature maps and res5 head output; same anchors."""
+    from detection.engines import torchvision_engine as tv
+    from detection.engines.tv_config import build_cfg as tv_build_cfg
+    from detection.engines.tv_modeling import build_model as tv_build_model
+
+    path, _ = _pkl(tmp_path, "resnet18")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 96)
+    for name in ("synthetic_r18_fpn.yaml", "synthetic_r18_c4.yaml"):
+        opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path)]
+        d2 = build_model(build_cfg(name, opts)).eval()
+        DetectionCheckpointer(d2).load(str(path))
+        ours = tv_build_model(tv_build_cfg(name, opts)).eval()
+        tv.load_backbone_pkl(ours, str(path))
+        with torch.no_grad():
+            fpn = "fpn" in name
+            theirs = d2.backbone.bottom_up(x) if fpn else d2.backbone(x)
+            mine = ours.backbone.body(x)
+            assert set(theirs) == ({"res2", "res3", "res4", "res5"} if fpn else {"res4"})
+            for level in theirs:
+                assert torch.allclose(theirs[level], mine[level], atol=1e-4), (name, level)
+            if not fpn:
+                assert torch.allclose(d2.roi_heads.res5(theirs["res4"]), ours.roi_heads.box_head.res5(mine["res4"]),
+                                      atol=1e-4)
+            feats = d2.backbone(x)
+            levels = d2.proposal_generator.in_features
+            a_d2 = d2.proposal_generator.anchor_generator([feats[f] for f in levels])
+            a_tv = ours.rpn.anchors([feats[f] for f in levels])
+            assert len(a_d2) == len(a_tv)
+            for a, b in zip(a_d2, a_tv):
+                assert torch.allclose(a.tensor, b, atol=1e-5)
