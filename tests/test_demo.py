@@ -1,0 +1,67 @@
+"""The CI-sized demo: the whole chain (data, four pretrainings, kNN and linear, convert, detection, tables)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "tools/demo.py", "--quick", "--engine", "torchvision", "--data", str(tmp_path / "data"),
+           "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables"), *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
+    proc = _demo(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    records = {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.rglob("record.json")}
+    kinds = sorted(r["kind"] for r in records.values())
+    # 4 pretrainings; kNN and linear for each of them and for a random backbone; 3 detection runs
+    assert kinds.count("pretrain") == 4
+    assert kinds.count("knn") == 5 and kinds.count("linear") == 5
+    assert kinds.count("detection") == 3
+    pre = {k: r for k, r in records.items() if r["kind"] == "pretrain"}
+    switches = sorted((r["rim"]["enabled"], r["ifm"]["enabled"]) for r in pre.values())
+    assert switches == [(False, False), (False, True), (True, False), (True, True)]
+    det = [r for r in records.values() if r["kind"] == "detection"]
+    assert sorted(bool(r["source_checkpoint"]) for r in det) == [False, True, True]
+    assert all(r["engine"] == "torchvision" and "AP50" in r["metrics"] for r in det)
+
+    tables = tmp_path / "tables"
+    for name in ("classification", "detection", "ablation"):
+        for ext in ("md", "csv", "tex"):
+            assert (tables / f"{name}.{ext}").is_file(), f"{name}.{ext} missing"
+    cls = (tables / "classification.md").read_text()
+    for method in ("random init", "BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+RIM+IFM"):
+        assert f"| {method} |" in cls, f"{method} row missing from the classification table:\n{cls}"
+    detection = (tables / "detection.md").read_text()
+    for method in ("random init", "BYOL", "BYOL+RIM+IFM"):
+        assert f"| {method} |" in detection, f"{method} row missing from the detection table:\n{detection}"
+    # the end of the output names the tables and prints them
+    assert "demo finished" in proc.stdout and str(tables) in proc.stdout
+    assert "| BYOL+RIM+IFM |" in proc.stdout
+
+    # a second run reuses every finished step and regenerates the same tables
+    before = {p.name: p.read_bytes() for p in tables.glob("*.*")}
+    again = _demo(tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("(running)") == 1, again.stdout  # only the tables are made again
+    assert again.stdout.count("done already, reused") >= 4 + 10 + 3 + 2
+    assert {p.name: p.read_bytes() for p in tables.glob("*.*")} == before
+
+
+def test_demo_rejects_bad_settings(tmp_path):
+    proc = _demo(tmp_path, "--epochs", "0")
+    assert proc.returncode == 2
+    assert "--epochs must be >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
