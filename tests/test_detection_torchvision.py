@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ from detection.engines.tv_data import TrainMapper, batch_plan, load_train_dicts,
 from detection.engines.tv_modeling import NaiveSyncBatchNorm2d, backbone_targets, build_model
 from pretrain.errors import UserError
 from pretrain.synthetic import generate
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: overrides that make the synthetic configs tiny: 64-px images, narrow heads, few RoIs
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATALOADER.NUM_WORKERS", "0",
@@ -273,3 +278,75 @@ def test_train_eval_only_and_resume(synth: Path, tmp_path: Path, capsys) -> None
         torch.save({"model": {}}, tmp_path / "other.pth")
         tv.run(_args("synthetic_r18_fpn.yaml", [*common, "MODEL.WEIGHTS", str(tmp_path / "other.pth"),
                                                 "OUTPUT_DIR", str(tmp_path / "eval2")], eval_only=True))
+
+
+#: detection/train_net.py, with every rank also saving its model and training batches when it evaluates
+_RANK_DUMP_LAUNCHER = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch
+from detection.engines import torchvision_engine as tv, tv_data
+from detection.train_net import main
+from pretrain.errors import run_cli
+
+batches = []
+plan = tv_data.batch_plan
+
+def logged_plan(*args, **kwargs):
+    stream = kwargs.get("stream", args[7] if len(args) > 7 else 0)
+    for batch in plan(*args, **kwargs):
+        if stream == 0:  # the training stream, not precise BN's
+            batches.append(batch)
+        yield batch
+
+evaluate = tv.evaluate
+
+def dump_then_evaluate(cfg, model, env):
+    torch.save({{"model": model.state_dict(), "batches": batches}}, f"{{cfg.OUTPUT_DIR}}/rank{{env.rank}}.pt")
+    return evaluate(cfg, model, env)
+
+tv_data.batch_plan = logged_plan
+tv.evaluate = dump_then_evaluate
+run_cli(main)
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_torchrun(synth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    opts = [*TINY, "SOLVER.IMS_PER_BATCH", "4", "RIMIFM.SYNTHETIC_ROOT", str(synth), "SOLVER.MAX_ITER", "4",
+            "SOLVER.CHECKPOINT_PERIOD", "1000", "SEED", "0", "OUTPUT_DIR", str(out)]
+    # --num-gpus N spawns one process per GPU; CPU processes come from torchrun, which the refusal names
+    with pytest.raises(UserError, match=r"--num-gpus 2 .*MODEL.DEVICE is 'cpu'.*nproc_per_node N"):
+        tv.run(_args("synthetic_r18_fpn.yaml", opts, num_gpus=2))
+    assert not out.exists()
+
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(textwrap.dedent(_RANK_DUMP_LAUNCHER.format(repo=str(REPO))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+           "--config", "synthetic_r18_fpn.yaml", "--engine", "torchvision", *opts]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("record:") == 1 and "synthetic R18-FPN 4it (torchvision): AP" in r.stdout  # rank 0 only
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["engine"] == "torchvision" and rec["world_size"] == 2 and rec["iterations"] == 4
+    assert rec["start_iteration"] == 0 and set(rec["metrics"]) == {"AP", "AP50", "AP75"}
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [3, 3] and "total_loss" in rows[0] and "bbox/AP" in rows[1]
+
+    # each rank trained on its own half of the global batch: 2 images per iteration, positions p with p % 2 == rank
+    ranks = [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    positions = [[pos for batch in d["batches"] for _, pos in batch] for d in ranks]
+    for rank, d in enumerate(ranks):
+        assert [len(b) for b in d["batches"]] == [2] * 4
+        assert all(pos % 2 == rank for pos in positions[rank])
+    assert sorted(positions[0] + positions[1]) == list(range(16))
+
+    # DDP kept the ranks identical (weights and precise-BN statistics), and rank 0 saved that model
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 3 and set(final["model"]) == set(ranks[0]["model"]) == set(ranks[1]["model"])
+    for k, v in final["model"].items():
+        assert torch.equal(v, ranks[0]["model"][k]) and torch.equal(v, ranks[1]["model"][k]), k
+    # SyncBN became the all-reduce BN before the optimizer was built, so the norms trained too
+    assert len(final["optimizer"]["state"]) == sum(len(g["params"]) for g in final["optimizer"]["param_groups"])
+    assert not torch.equal(final["model"]["backbone.lateral.0.norm.weight"], torch.ones(32))

@@ -398,8 +398,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _ddp(model: nn.Module, env: Env) -> nn.Module:
     if env.world == 1:
         return model
-    if env.device.type == "cpu":  # torch's SyncBatchNorm runs only on GPUs: our all-reduce BN instead
-        _swap_sync_bn(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
                                                broadcast_buffers=False)
 
@@ -420,6 +418,10 @@ def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any,
     Returns (results, iterations, seconds per iteration, iteration this run started at).
     """
     model = build_model(cfg).to(env.device)
+    if env.world > 1 and env.device.type == "cpu":
+        # torch's SyncBatchNorm trains only on GPUs: our all-reduce BN instead, swapped in before the
+        # optimizer is built so that it holds the new norm parameters
+        _swap_sync_bn(model)
     opt = build_optimizer(cfg, model)
     start_iter = 0
     last = _last_checkpoint(cfg) if args.resume else None
@@ -537,7 +539,7 @@ def _worker(args: argparse.Namespace) -> None:
     register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=False)
     seed = cfg.SEED if cfg.SEED >= 0 else None
     if seed is None:
-        seed_t = torch.tensor([int.from_bytes(os.urandom(4), "big") % 2**31])
+        seed_t = torch.tensor([int.from_bytes(os.urandom(4), "big") % 2**31], device=env.device)  # NCCL: on GPU
         if env.world > 1:
             dist.broadcast(seed_t, 0)
         seed = int(seed_t.item())
@@ -588,6 +590,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     path = resolve_config_path(args.config)
     cfg = build_cfg(path, args.opts)
     register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=False)
+    if args.num_gpus * args.num_machines > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        raise UserError(f"--num-gpus {args.num_gpus} / --num-machines {args.num_machines}: the torchvision engine "
+                        f"spawns one process per GPU, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; for several CPU "
+                        "processes (gloo) launch it with torchrun: python -m torch.distributed.run --standalone "
+                        "--nproc_per_node N detection/train_net.py --engine torchvision ...")
     common.check_runnable(cfg, args, path, REGISTRY, torch.cuda.is_available(), torch.cuda.device_count())
     if cfg.SOLVER.IMS_PER_BATCH % max(int(os.environ.get("WORLD_SIZE", "1")), args.num_gpus * args.num_machines):
         raise UserError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is the global batch and must divide "
