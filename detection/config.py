@@ -29,7 +29,7 @@ D2_DEFAULT_OUTPUT_DIR = "./output"
 
 __all__ = [
     "CONFIG_DIR", "WEIGHTS_PLACEHOLDER", "add_rimifm_config", "available_configs", "config_hash",
-    "config_to_dict", "default_output_dir", "protocol_string", "read_config", "resolve_config_path",
+    "config_to_dict", "default_output_dir", "merge_config", "protocol_string", "read_config", "resolve_config_path",
     "check_override_pairs",
 ]
 
@@ -101,6 +101,38 @@ def check_override_pairs(opts: Sequence[str]) -> list[str]:
         if key.startswith("-"):
             raise UserError(f"unknown option {key!r}; options go before the KEY VALUE overrides (see --help)")
     return opts
+
+
+def merge_config(cfg: FvCfgNode, config: str | os.PathLike, opts: Sequence[str], unknown_key_hint: str) -> FvCfgNode:
+    """Merge a config file (with `_BASE_`) and KEY VALUE overrides into an engine's defaults `cfg`.
+
+    Errors become one UserError naming the file or the command line; an unknown key's message ends
+    with `unknown_key_hint`. OUTPUT_DIR, unless the file or the overrides set it, becomes
+    outputs/detection/<config stem>[-<weights stem>]. The result is not frozen (engines check it first).
+    """
+    path = resolve_config_path(config)
+    opts = check_override_pairs(opts)
+
+    def key_error(exc: BaseException) -> str:
+        text = str(exc.args[0]) if exc.args else str(exc)
+        return f"{text} ({unknown_key_hint})" if "Non-existent" in text else text
+
+    try:
+        cfg.merge_from_file(str(path), allow_unsafe=False)
+    except KeyError as exc:
+        raise UserError(f"config file {path}: {key_error(exc)}") from None
+    except (ValueError, TypeError, AssertionError, yaml.YAMLError) as exc:
+        raise UserError(f"config file {path}: {exc}") from None
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as exc:
+        raise UserError(f"command line: {key_error(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"command line: {exc}") from None
+    explicit = "OUTPUT_DIR" in read_config(path) or "OUTPUT_DIR" in opts[0::2]
+    if not explicit and cfg.OUTPUT_DIR == D2_DEFAULT_OUTPUT_DIR:
+        cfg.OUTPUT_DIR = default_output_dir(path, cfg.MODEL.WEIGHTS)
+    return cfg
 
 
 def config_hash(cfg: FvCfgNode) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .checkpoint import (
@@ -30,56 +29,13 @@ from .checkpoint import (
 )
 from .config import config_hash, config_to_dict, load_config
 from .data import EpochSampler, EvalDataset, TwoViewDataset, build_splits
+from .distributed import Distributed
 from .errors import UserError
 from .knn import extract_features, knn_top1
 from .methods import build_method
 from .optim import build_optimizer, set_lr, warmup_cosine
 from .records import atomic_write_text, code_version, peak_memory_mb, write_record
 from .views import byol_view_specs
-
-
-class Distributed:
-    """Process-group facts; a single process when not launched by torchrun."""
-
-    def __init__(self, device_pref: str = "auto"):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
-        if use_cuda and not torch.cuda.is_available():
-            raise UserError("TRAIN.DEVICE is cuda but no GPU is visible; use TRAIN.DEVICE cpu (or auto)")
-        if use_cuda:
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def all_finite(self, value: torch.Tensor) -> bool:
-        flag = torch.isfinite(value.detach()).all().float().reshape(1)
-        if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
-    def mean(self, value: torch.Tensor) -> float:
-        v = value.detach().float().reshape(1).clone()
-        if self.world > 1:
-            dist.all_reduce(v)
-            v /= self.world
-        return float(v.item())
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def default_output_dir(cfg, config_name: str) -> Path:

@@ -77,6 +77,16 @@ def save_record(cfg: Any, record: Mapping[str, Any]) -> Path:
     return write_record(Path(cfg.OUTPUT_DIR) / "record.json", dict(record))
 
 
+def report_record(cfg: Any, record: Mapping[str, Any]) -> Path:
+    """Write record.json and print the run's summary line and the record's path (both engines alike)."""
+    path = save_record(cfg, record)
+    m = record["metrics"]
+    summary = "  ".join(f"{k} {m[k]:.2f}" for k in METRIC_KEYS if k in m) or "no metrics"
+    print(f"{record['protocol']} ({record['engine']}): {summary}")
+    print(f"record: {path}")
+    return path
+
+
 def last_checkpoint_exists(cfg: Any) -> bool:
     """True when OUTPUT_DIR/last_checkpoint names a checkpoint to resume from."""
     return (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file()

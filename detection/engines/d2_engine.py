@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
@@ -28,29 +27,17 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from detection.config import (
-    D2_DEFAULT_OUTPUT_DIR,
     add_rimifm_config,
-    check_override_pairs,
-    default_output_dir,
-    read_config,
+    merge_config,
     resolve_config_path,
 )
 from detection.datasets import register_datasets
 from detection.engines import common, d2_modeling
-from detection.engines.common import detection_record, extract_metrics, save_record
+from detection.engines.common import detection_record, extract_metrics, report_record
 from detection.evaluation.d2_evaluator import build_evaluator
-from pretrain.errors import UserError
 
 ENGINE = "detectron2"
 logger = logging.getLogger("detection")
-
-
-def _key_error(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
-    if "Non-existent" in text:
-        return (f"{text} (not a detectron2 config key; our own keys live under RIMIFM, "
-                f"e.g. RIMIFM.SYNTHETIC_ROOT)")
-    return text
 
 
 def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
@@ -59,24 +46,8 @@ def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     OUTPUT_DIR, unless the file or the overrides set it, becomes
     outputs/detection/<config stem>[-<weights stem>].
     """
-    path = resolve_config_path(config)
-    opts = check_override_pairs(opts)
-    cfg = add_rimifm_config(get_cfg())
-    try:
-        cfg.merge_from_file(str(path), allow_unsafe=False)
-    except KeyError as exc:
-        raise UserError(f"config file {path}: {_key_error(exc)}") from None
-    except (ValueError, TypeError, AssertionError, yaml.YAMLError) as exc:
-        raise UserError(f"config file {path}: {exc}") from None
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError) as exc:
-        raise UserError(f"command line: {_key_error(exc)}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"command line: {exc}") from None
-    explicit = "OUTPUT_DIR" in read_config(path) or "OUTPUT_DIR" in opts[0::2]
-    if not explicit and cfg.OUTPUT_DIR == D2_DEFAULT_OUTPUT_DIR:
-        cfg.OUTPUT_DIR = default_output_dir(path, cfg.MODEL.WEIGHTS)
+    cfg = merge_config(add_rimifm_config(get_cfg()), config, opts,
+                       "not a detectron2 config key; our own keys live under RIMIFM, e.g. RIMIFM.SYNTHETIC_ROOT")
     cfg.freeze()
     return cfg
 
@@ -139,11 +110,7 @@ def _worker(args: argparse.Namespace) -> None:
         record = detection_record(cfg, engine=ENGINE, results=results, iterations=iterations,
                                   wall_time_s=time.perf_counter() - t0, seed=seed, eval_only=args.eval_only,
                                   world_size=comm.get_world_size(), sec_per_iter=sec_per_iter)
-        path = save_record(cfg, record)
-        m = record["metrics"]
-        summary = "  ".join(f"{k} {m[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in m) or "no metrics"
-        print(f"{record['protocol']} ({ENGINE}): {summary}")
-        print(f"record: {path}")
+        report_record(cfg, record)
     comm.synchronize()
 
 

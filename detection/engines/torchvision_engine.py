@@ -40,7 +40,7 @@ from detection.config import resolve_config_path
 from detection.convert import d2_to_torchvision, load_d2_pkl
 from detection.datasets import REGISTRY, get_dataset_dicts, register_datasets
 from detection.engines import common
-from detection.engines.common import detection_record, save_record
+from detection.engines.common import detection_record, report_record
 from detection.engines.tv_config import build_cfg
 from detection.engines.tv_data import (
     TestMapper,
@@ -59,6 +59,7 @@ from detection.engines.tv_modeling import (
     build_model,
 )
 from pretrain.checkpoint import atomic_torch_save, load_checkpoint
+from pretrain.distributed import Distributed
 from pretrain.errors import UserError
 from pretrain.records import atomic_write_text
 
@@ -69,34 +70,6 @@ logger = logging.getLogger("detection")
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-class Env:
-    """Rank, world size and device of this process (one process unless launched by torchrun or spawned)."""
-
-    def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda"):
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -316,7 +289,7 @@ def _first(batch: list[Any]) -> Any:
 
 
 @torch.no_grad()
-def inference(cfg: Any, model: nn.Module, name: str, env: Env) -> list[dict[str, Any]]:
+def inference(cfg: Any, model: nn.Module, name: str, env: Distributed) -> list[dict[str, Any]]:
     """Predictions of this rank's shard of a test split (all ranks' in order on rank 0)."""
     from detection.evaluation.predictions import make_prediction
 
@@ -341,7 +314,7 @@ def inference(cfg: Any, model: nn.Module, name: str, env: Env) -> list[dict[str,
     return preds
 
 
-def evaluate(cfg: Any, model: nn.Module, env: Env) -> dict[str, dict[str, dict[str, float]]]:
+def evaluate(cfg: Any, model: nn.Module, env: Distributed) -> dict[str, dict[str, dict[str, float]]]:
     """{dataset: {"bbox": {AP, AP50, AP75, ...}}} of every DATASETS.TEST split (on rank 0; {} elsewhere)."""
     results = {}
     for name in cfg.DATASETS.TEST:
@@ -352,7 +325,7 @@ def evaluate(cfg: Any, model: nn.Module, env: Env) -> dict[str, dict[str, dict[s
 
 
 @torch.no_grad()
-def precise_bn(cfg: Any, model: nn.Module, dicts: list[dict[str, Any]], seed: int, env: Env, at_iter: int) -> None:
+def precise_bn(cfg: Any, model: nn.Module, dicts: list[dict[str, Any]], seed: int, env: Distributed, at_iter: int) -> None:
     """Replace BN running statistics by their true average over TEST.PRECISE_BN.NUM_ITER training batches."""
     bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.training and m.track_running_stats]
     if not bns or cfg.TEST.PRECISE_BN.NUM_ITER <= 0:
@@ -375,7 +348,7 @@ def precise_bn(cfg: Any, model: nn.Module, dicts: list[dict[str, Any]], seed: in
 # ----------------------------------------------------------------------------- training
 
 
-def _reduce(losses: dict[str, torch.Tensor], env: Env) -> dict[str, float]:
+def _reduce(losses: dict[str, torch.Tensor], env: Distributed) -> dict[str, float]:
     names = sorted(losses)
     vec = torch.stack([losses[k].detach().float() for k in names])
     if env.world > 1:
@@ -395,7 +368,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _ddp(model: nn.Module, env: Env) -> nn.Module:
+def _ddp(model: nn.Module, env: Distributed) -> nn.Module:
     if env.world == 1:
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
@@ -412,7 +385,7 @@ def _swap_sync_bn(module: nn.Module) -> None:
             _swap_sync_bn(child)
 
 
-def train(cfg: Any, args: argparse.Namespace, env: Env, seed: int) -> tuple[Any, int, float | None, int]:
+def train(cfg: Any, args: argparse.Namespace, env: Distributed, seed: int) -> tuple[Any, int, float | None, int]:
     """Train (resuming when asked) and evaluate at the end.
 
     Returns (results, iterations, seconds per iteration, iteration this run started at).
@@ -515,7 +488,7 @@ def _load_initial(cfg: Any, model: FasterRCNN) -> None:
         load_model_checkpoint(model, weights, strict=False)
 
 
-def _eval_only(cfg: Any, args: argparse.Namespace, env: Env) -> tuple[Any, int]:
+def _eval_only(cfg: Any, args: argparse.Namespace, env: Distributed) -> tuple[Any, int]:
     model = build_model(cfg).to(env.device)
     path = (_last_checkpoint(cfg) if args.resume else None) or cfg.MODEL.WEIGHTS
     if path.endswith(".pkl"):
@@ -534,7 +507,7 @@ def _worker(args: argparse.Namespace) -> None:
     """Body of one process: train (evaluating at the end) or evaluate only; rank 0 writes the record."""
     t0 = time.perf_counter()
     cfg = build_cfg(args.config, args.opts)
-    env = Env(str(cfg.MODEL.DEVICE))
+    env = Distributed(str(cfg.MODEL.DEVICE), key="MODEL.DEVICE")
     _setup_logging(cfg, env.main)
     register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=False)
     seed = cfg.SEED if cfg.SEED >= 0 else None
@@ -561,11 +534,7 @@ def _worker(args: argparse.Namespace) -> None:
                                       wall_time_s=time.perf_counter() - t0, seed=seed, eval_only=args.eval_only,
                                       world_size=env.world, sec_per_iter=sec_per_iter,
                                       extra={"start_iteration": start_iter})
-            path = save_record(cfg, record)
-            m = record["metrics"]
-            summary = "  ".join(f"{k} {m[k]:.2f}" for k in ("AP", "AP50", "AP75") if k in m) or "no metrics"
-            print(f"{record['protocol']} ({ENGINE}): {summary}")
-            print(f"record: {path}")
+            report_record(cfg, record)
         env.barrier()
     finally:
         env.close()

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
 from fvcore.common.config import CfgNode
 
 from detection.config import (
     D2_DEFAULT_OUTPUT_DIR,
     add_rimifm_config,
-    check_override_pairs,
-    default_output_dir,
-    read_config,
+    merge_config,
     resolve_config_path,
 )
 from pretrain.errors import UserError
@@ -261,42 +257,19 @@ def unsupported_keys(cfg: Any) -> list[str]:
     return bad
 
 
-def _key_error(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
-    if "Non-existent" in text:
-        return (f"{text} (not a detectron2 config key the torchvision engine knows; our own keys live under "
-                "RIMIFM, e.g. RIMIFM.SYNTHETIC_ROOT)")
-    return text
-
-
 def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     """Our defaults + the config file (with `_BASE_`) + KEY VALUE overrides, checked and frozen.
 
     UserError for an unknown key (named) and for every key whose value we cannot honour (all
     listed at once). OUTPUT_DIR, unless set, becomes outputs/detection/<config stem>[-<weights stem>].
     """
-    path = resolve_config_path(config)
-    opts = check_override_pairs(opts)
-    cfg = get_default_config()
-    try:
-        cfg.merge_from_file(str(path), allow_unsafe=False)
-    except KeyError as exc:
-        raise UserError(f"config file {path}: {_key_error(exc)}") from None
-    except (ValueError, TypeError, AssertionError, yaml.YAMLError) as exc:
-        raise UserError(f"config file {path}: {exc}") from None
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError) as exc:
-        raise UserError(f"command line: {_key_error(exc)}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"command line: {exc}") from None
+    cfg = merge_config(get_default_config(), config, opts,
+                       "not a detectron2 config key the torchvision engine knows; our own keys live under "
+                       "RIMIFM, e.g. RIMIFM.SYNTHETIC_ROOT")
     bad = unsupported_keys(cfg)
     if bad:
-        raise UserError(f"{Path(path).name}: the torchvision engine cannot honour {len(bad)} config value(s): "
-                        + "; ".join(bad) + " (change them, or use --engine detectron2)")
-    explicit = "OUTPUT_DIR" in read_config(path) or "OUTPUT_DIR" in opts[0::2]
-    if not explicit and cfg.OUTPUT_DIR == D2_DEFAULT_OUTPUT_DIR:
-        cfg.OUTPUT_DIR = default_output_dir(path, cfg.MODEL.WEIGHTS)
+        raise UserError(f"{resolve_config_path(config).name}: the torchvision engine cannot honour {len(bad)} "
+                        "config value(s): " + "; ".join(bad) + " (change them, or use --engine detectron2)")
     cfg.freeze()
     return cfg
 
