@@ -51,3 +51,36 @@ def tiny_overrides(tiny_data: dict[str, Path], out_dir: Path, **extra) -> list[s
     }
     kv.update({k: str(v) for k, v in extra.items()})
     return [x for pair in kv.items() for x in pair]
+
+
+@pytest.fixture(scope="module")
+def det_synth(tmp_path_factory) -> Path:
+    """A tiny synthetic set for detection tests: 8 trainval and 4 test images of 96 px."""
+    from pretrain.synthetic import generate
+
+    root = tmp_path_factory.mktemp("det_synth") / "synthetic"
+    generate(root, seed=0, pretrain_images=1, cls_train_per_class=1, cls_val_per_class=1, det_trainval=8,
+             det_test=4, det_image_size=96)
+    return root
+
+
+def converted_resnet_pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """A random torchvision ResNet with non-trivial norm parameters and statistics (so that a missed
+    tensor would show), converted to detectron2's .pkl: (path, converted d2 tensors, torchvision state)."""
+    import torchvision
+
+    from detection.convert import convert_checkpoint, save_d2_pkl
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    conv = convert_checkpoint({"state_dict": net.state_dict()})
+    path = tmp_path / f"{arch}.pkl"
+    save_d2_pkl(conv.model, path)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.") and "num_batches" not in k}
+    return path, conv.model, state

@@ -18,26 +18,18 @@ import torch
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2", reason="detectron2 is not installed; see README")
 
+from conftest import converted_resnet_pkl  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from detection.convert import convert_checkpoint, save_d2_pkl  # noqa: E402
 from detection.datasets import read_voc_split, register_datasets  # noqa: E402
 from detection.engines.d2_engine import build_cfg  # noqa: E402
 from detection.engines.d2_modeling import Res5ROIHeadsExtraNorm  # noqa: E402
-from pretrain.synthetic import CLASSES, generate  # noqa: E402
+from pretrain.synthetic import CLASSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("d2_synth") / "synthetic"
-    generate(root, seed=0, pretrain_images=1, cls_train_per_class=1, cls_val_per_class=1, det_trainval=8,
-             det_test=4, det_image_size=96)
-    return root
 
 
 def _cfg(name: str, tmp_path: Path, *opts: str):
@@ -45,18 +37,8 @@ def _cfg(name: str, tmp_path: Path, *opts: str):
 
 
 def _pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, np.ndarray]]:
-    import torchvision
-
-    torch.manual_seed(0)
-    net = getattr(torchvision.models, arch)(weights=None)
-    for m in net.modules():  # non-trivial BN statistics, so that a missed buffer would show
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-    conv = convert_checkpoint({"state_dict": net.state_dict()})
-    path = tmp_path / f"{arch}.pkl"
-    save_d2_pkl(conv.model, path)
-    return path, conv.model
+    path, d2_model, _ = converted_resnet_pkl(tmp_path, arch)
+    return path, d2_model
 
 
 def _backbone_keys(model: torch.nn.Module, c4: bool) -> set[str]:
@@ -138,13 +120,13 @@ def test_single_process_sync_bn_is_plain_bn(tmp_path: Path) -> None:
         assert torch.allclose(sync.running_mean, plain.running_mean, atol=1e-6)
 
 
-def test_our_voc_evaluator_matches_detectron2s(synth: Path, tmp_path: Path) -> None:
+def test_our_voc_evaluator_matches_detectron2s(det_synth: Path, tmp_path: Path) -> None:
     from detectron2.evaluation import PascalVOCDetectionEvaluator
 
     from detection.evaluation.d2_evaluator import VOCEvaluator
 
-    register_datasets(root=str(tmp_path), synthetic=str(synth), detectron2=True)
-    recs = read_voc_split(synth / "detection" / "VOC2007", "test", CLASSES)
+    register_datasets(root=str(tmp_path), synthetic=str(det_synth), detectron2=True)
+    recs = read_voc_split(det_synth / "detection" / "VOC2007", "test", CLASSES)
     rng = np.random.default_rng(0)
     inputs, outputs = [], []
     for r in recs:
@@ -173,9 +155,9 @@ def test_our_voc_evaluator_matches_detectron2s(synth: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_train_a_few_iterations_then_eval_only(synth: Path, tmp_path: Path) -> None:
+def test_train_a_few_iterations_then_eval_only(det_synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "RIMIFM_SYNTHETIC": str(synth), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "RIMIFM_SYNTHETIC": str(det_synth), "OMP_NUM_THREADS": "1"}
     common = ["DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "2", "OUTPUT_DIR", str(out)]
     train = subprocess.run([sys.executable, "detection/train_net.py", "--config", "synthetic_r18_fpn.yaml",
                             "--engine", "detectron2", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import converted_resnet_pkl
 from torchvision.ops import FrozenBatchNorm2d
 
 from detection.convert import convert_checkpoint, save_d2_pkl
@@ -24,7 +25,6 @@ from detection.engines.tv_config import build_cfg
 from detection.engines.tv_data import TrainMapper, batch_plan, load_train_dicts, resized_shape
 from detection.engines.tv_modeling import NaiveSyncBatchNorm2d, backbone_targets, build_model
 from pretrain.errors import UserError
-from pretrain.synthetic import generate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,32 +37,12 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATALOADER.NUM_WORKERS", "0
         "TEST.PRECISE_BN.NUM_ITER", "2", "SOLVER.WARMUP_ITERS", "1"]
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tv_synth") / "synthetic"
-    generate(root, seed=0, pretrain_images=1, cls_train_per_class=1, cls_val_per_class=1, det_trainval=8,
-             det_test=4, det_image_size=96)
-    return root
-
-
 def _cfg(name: str, tmp_path: Path, *opts: str):
     return build_cfg(name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path), *opts])
 
 
 def _pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A converted torchvision ResNet with non-trivial BN statistics, and its torchvision state dict."""
-    torch.manual_seed(0)
-    net = getattr(torchvision.models, arch)(weights=None)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    conv = convert_checkpoint({"state_dict": net.state_dict()})
-    path = tmp_path / f"{arch}.pkl"
-    save_d2_pkl(conv.model, path)
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.") and "num_batches" not in k}
+    path, _, state = converted_resnet_pkl(tmp_path, arch)
     return path, state
 
 
@@ -182,7 +162,7 @@ def test_a_backbone_of_the_wrong_depth_or_incomplete_is_an_error(tmp_path: Path)
 # ----------------------------------------------------------------------------- data and solver
 
 
-def test_resize_plan_and_lr_schedule_follow_detectron2(synth: Path, tmp_path: Path) -> None:
+def test_resize_plan_and_lr_schedule_follow_detectron2(det_synth: Path, tmp_path: Path) -> None:
     assert resized_shape(480, 640, 800, 1333) == (800, 1067)
     assert resized_shape(100, 1000, 800, 1333) == (133, 1333)
     dicts = [{"width": 10 + i % 2 * 20, "height": 20} for i in range(10)]
@@ -205,11 +185,11 @@ def test_resize_plan_and_lr_schedule_follow_detectron2(synth: Path, tmp_path: Pa
     assert total == len([p for p in model.parameters() if p.requires_grad])
 
 
-def test_a_few_iterations_lower_the_loss(synth: Path, tmp_path: Path) -> None:
-    cfg = _cfg("synthetic_r18_fpn.yaml", tmp_path, *TINY, "RIMIFM.SYNTHETIC_ROOT", str(synth))
+def test_a_few_iterations_lower_the_loss(det_synth: Path, tmp_path: Path) -> None:
+    cfg = _cfg("synthetic_r18_fpn.yaml", tmp_path, *TINY, "RIMIFM.SYNTHETIC_ROOT", str(det_synth))
     from detection.datasets import register_datasets
 
-    register_datasets(synthetic=str(synth), detectron2=False)
+    register_datasets(synthetic=str(det_synth), detectron2=False)
     dicts = load_train_dicts(cfg)
     mapper = TrainMapper(dicts, cfg, seed=0)
     batch = [mapper[(i, i)] for i in range(4)]
@@ -234,8 +214,8 @@ def test_a_few_iterations_lower_the_loss(synth: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_eval_only_and_resume(synth: Path, tmp_path: Path, capsys) -> None:
-    common = [*TINY, "RIMIFM.SYNTHETIC_ROOT", str(synth), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+def test_train_eval_only_and_resume(det_synth: Path, tmp_path: Path, capsys) -> None:
+    common = [*TINY, "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
               "SEED", "0"]
     out = tmp_path / "run"
     rec = tv.run(_args("synthetic_r18_fpn.yaml", [*common, "OUTPUT_DIR", str(out)]))
@@ -312,9 +292,9 @@ run_cli(main)
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_under_torchrun(synth: Path, tmp_path: Path) -> None:
+def test_two_cpu_processes_under_torchrun(det_synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    opts = [*TINY, "SOLVER.IMS_PER_BATCH", "4", "RIMIFM.SYNTHETIC_ROOT", str(synth), "SOLVER.MAX_ITER", "4",
+    opts = [*TINY, "SOLVER.IMS_PER_BATCH", "4", "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4",
             "SOLVER.CHECKPOINT_PERIOD", "1000", "SEED", "0", "OUTPUT_DIR", str(out)]
     # --num-gpus N spawns one process per GPU; CPU processes come from torchrun, which the refusal names
     with pytest.raises(UserError, match=r"--num-gpus 2 .*MODEL.DEVICE is 'cpu'.*nproc_per_node N"):
