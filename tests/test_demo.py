@@ -65,3 +65,14 @@ def test_demo_rejects_bad_settings(tmp_path):
     assert proc.returncode == 2
     assert "--epochs must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_refuses_runs_made_from_other_data(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "demo.json").write_text(json.dumps({"data": str(tmp_path / "elsewhere"), "quick": True}))
+    proc = _demo(tmp_path)
+    assert proc.returncode == 2
+    assert "holds demo runs made with other settings" in proc.stderr and "another --out" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in runs.iterdir()) == ["demo.json"]  # nothing was run into it
