@@ -76,3 +76,29 @@ def test_demo_refuses_runs_made_from_other_data(tmp_path):
     assert "holds demo runs made with other settings" in proc.stderr and "another --out" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in runs.iterdir()) == ["demo.json"]  # nothing was run into it
+
+
+def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path):
+    proc = _demo(tmp_path, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    records = [json.loads(p.read_text()) for p in runs.rglob("record.json")]
+    kinds = sorted(r["kind"] for r in records)
+    assert kinds == ["knn"] * 5 + ["linear"] * 5 + ["pretrain"] * 4  # no convert, no fine-tune
+    assert not (runs / "detection").exists() and not list(runs.rglob("*.pkl"))
+    pre = [r for r in records if r["kind"] == "pretrain"]
+    assert all(r["config"]["MODEL"]["CIFAR_STEM"] is True for r in pre)
+    # the random backbone it is compared with has the same stem, and every folder names the overrides
+    random_init = [r for r in records if r["kind"] in ("knn", "linear") and r["source"] == "random-init"]
+    assert len(random_init) == 2 and all(r["cifar_stem"] is True for r in random_init)
+    tag = {p.name.split("-o")[1][:8] for p in (runs / "pretrain").iterdir()} | \
+        {p.name.split("-o")[1][:8] for p in (runs / "eval").iterdir()}
+    assert len(tag) == 1
+    assert "| random init |" in (tmp_path / "tables" / "classification.md").read_text()
+
+
+def test_demo_rejects_an_odd_number_of_pretraining_overrides(tmp_path):
+    proc = _demo(tmp_path, "--pretrain-opts", "MODEL.CIFAR_STEM")
+    assert proc.returncode == 2
+    assert "--pretrain-opts takes KEY VALUE pairs" in proc.stderr
+    assert "Traceback" not in proc.stderr

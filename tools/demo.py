@@ -20,6 +20,7 @@ the result (epochs, iterations, seed), so a demo with other settings never reuse
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -63,6 +64,8 @@ class Settings:
     engine: str
     linear_epochs: int
     quick: bool
+    detection: bool = True
+    pretrain_opts: tuple[str, ...] = ()
 
 
 class Demo:
@@ -81,7 +84,7 @@ class Demo:
         s = self.s
         n_pre = len(VARIANTS) * len(s.seeds)
         n_eval = 2 * (n_pre + 1)
-        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds)  # convert + fine-tune, and random init
+        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds) if s.detection else 0  # convert + fine-tune, random init
         return 1 + n_pre + n_eval + n_det + 1
 
     # ---------------------------------------------------------------------------------------- plumbing
@@ -119,7 +122,7 @@ class Demo:
     def pretrain(self, name: str, overrides: tuple[str, ...], seed: int) -> Path:
         """Pretrain one variant; returns its run folder (which holds checkpoints/last.pth)."""
         s = self.s
-        run = s.out / "pretrain" / f"{name}-e{s.epochs}-s{seed}"
+        run = s.out / "pretrain" / f"{name}-e{s.epochs}{_opts_tag(s.pretrain_opts)}-s{seed}"
         what = f"pretrain {name}, {s.epochs} epochs, seed {seed} -> {run}"
         if self._skip_or_announce(what, run):
             return run
@@ -129,20 +132,21 @@ class Demo:
         if s.quick:
             args += ["DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.KNN_K", "4",
                      "MODEL.PROJ_HIDDEN_DIM", "64", "MODEL.PRED_HIDDEN_DIM", "64", "MODEL.PROJ_OUTPUT_DIM", "32"]
-        self._run(args)
+        self._run(args + list(s.pretrain_opts))
         return run
 
-    def evaluate(self, run: Path | None, protocol: str, seed: int) -> None:
-        """kNN or linear probe of a run's checkpoint, or of a random backbone (run None)."""
+    def evaluate(self, run: Path | None, protocol: str, seed: int, like: Path | None = None) -> None:
+        """kNN or linear probe of a run's checkpoint, or of a random backbone (run None) built like the
+        pretraining run `like` (same backbone and stem)."""
         s = self.s
-        name = run.name if run is not None else f"random-init-s{seed}"
+        name = run.name if run is not None else f"random-init{_opts_tag(s.pretrain_opts)}-s{seed}"
         setting = f"k{4 if s.quick else 200}" if protocol == "knn" else f"e{s.linear_epochs}"
         out = s.out / "eval" / f"{name}-{protocol}-{setting}"
         what = f"{protocol} evaluation of {name} -> {out}"
         if self._skip_or_announce(what, out):
             return
-        source = ["none", "--random-init", "--backbone", "resnet18"] if run is None else \
-            [str(run / "checkpoints" / "last.pth")]
+        source = [str(run / "checkpoints" / "last.pth")] if run is not None else \
+            ["none", "--random-init", *_backbone_args(like)]
         args = ["tools/eval_classification.py", *source, "--dataset", "synthetic", "--root", str(s.data),
                 "--protocol", protocol, "--out", str(out), "--seed", str(seed), "--workers", "0"]
         if protocol == "linear":
@@ -195,10 +199,10 @@ class Demo:
             for name, overrides in VARIANTS:
                 runs[name, seed] = self.pretrain(name, overrides, seed)
         for protocol in ("knn", "linear"):
-            self.evaluate(None, protocol, s.seeds[0])
+            self.evaluate(None, protocol, s.seeds[0], like=runs[VARIANTS[0][0], s.seeds[0]])
             for (_, seed), run in runs.items():
                 self.evaluate(run, protocol, seed)
-        for seed in s.seeds:
+        for seed in s.seeds if s.detection else ():
             self.detect(None, seed)
             for name in DETECTION_VARIANTS:
                 self.detect(self.convert(runs[name, seed]), seed)
@@ -225,6 +229,25 @@ def _check_out_folder(s: Settings) -> None:
     tmp = stamp.with_name(".demo.json.tmp")
     tmp.write_text(json.dumps(want, indent=1) + "\n")
     os.replace(tmp, stamp)
+
+
+def _opts_tag(opts: tuple[str, ...]) -> str:
+    """Folder-name tag of extra pretraining overrides: '' for none, else '-o' and a short hash of them."""
+    if not opts:
+        return ""
+    return "-o" + hashlib.sha256("\0".join(opts).encode()).hexdigest()[:8]
+
+
+def _backbone_args(run: Path | None) -> list[str]:
+    """eval_classification.py arguments for a random backbone shaped like pretraining run `run`."""
+    model: dict = {}
+    if run is not None:
+        try:
+            model = json.loads((run / "record.json").read_text())["config"]["MODEL"]
+        except (OSError, ValueError, KeyError, TypeError):
+            model = {}
+    args = ["--backbone", str(model.get("BACKBONE", "resnet18"))]
+    return args + ["--cifar-stem"] if model.get("CIFAR_STEM") else args
 
 
 def _finished(folder: Path) -> bool:
@@ -255,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=("auto", "detectron2", "torchvision"),
                    help="detection engine (auto: detectron2 when it imports)")
     p.add_argument("--linear-epochs", type=int, default=None, help="linear probe epochs (default 100; quick 5)")
+    p.add_argument("--no-detection", dest="detection", action="store_false",
+                   help="stop after pretraining and the classification evaluations (no convert / fine-tune steps)")
+    p.add_argument("--pretrain-opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="extra KEY VALUE overrides for every pretraining run, e.g. DATA.NUM_WORKERS 12 "
+                   "MODEL.CIFAR_STEM true (run folders get a tag naming them, so they are never mixed up)")
     p.add_argument("--quick", action="store_true", help="tiny data and runs: the CI-sized demo (about a minute)")
     return p
 
@@ -262,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     quick = a.quick
+    if len(a.pretrain_opts) % 2:
+        raise UserError(f"--pretrain-opts takes KEY VALUE pairs; got an odd number of items: {' '.join(a.pretrain_opts)}")
     for key in ("epochs", "det_iters", "linear_epochs"):
         if getattr(a, key) is not None and getattr(a, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1")
@@ -273,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                  tables=Path(a.tables or ("results/demo-quick" if quick else "results/demo")),
                  seeds=list(dict.fromkeys(a.seeds)), epochs=pick(a.epochs, 1, 6), det_config=a.det_config,
                  det_iters=pick(a.det_iters, 4, 150), engine=a.engine,
-                 linear_epochs=pick(a.linear_epochs, 5, 100), quick=quick)
+                 linear_epochs=pick(a.linear_epochs, 5, 100), quick=quick, detection=a.detection,
+                 pretrain_opts=tuple(a.pretrain_opts))
     _check_out_folder(s)
     Demo(s).run()
     return 0
