@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from .errors import UserError
+from .synthetic import read_meta
 from .views import ViewSpec, eval_transform, make_view, sample_rng, to_normalised_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -139,6 +140,7 @@ def build_splits(cfg) -> Splits:
         if not (root / "meta.json").is_file():
             raise UserError(f"synthetic dataset not found at {root} (no meta.json); create it with "
                             f"`python tools/make_synthetic.py --out {root}` or set DATA.ROOT")
+        read_meta(root)  # a set of another generator version (other images) is refused, never mixed in
         return Splits(ImageFolderSource(root / "pretrain"),
                       ImageFolderSource(root / "classification" / "train", require_labels=True),
                       ImageFolderSource(root / "classification" / "val", require_labels=True))

@@ -59,7 +59,7 @@ def det_set(tmp_path_factory) -> Path:
 def test_layout_and_counts(small_set: Path) -> None:
     assert sorted(p.name for p in small_set.iterdir()) == ["classification", "detection", "meta.json", "pretrain"]
     meta = read_meta(small_set)
-    assert meta == {"format": "rimifm-synthetic", "version": 1, "seed": 0, "sizes": {**DEFAULT_SIZES, **SMALL},
+    assert meta == {"format": "rimifm-synthetic", "version": 2, "seed": 0, "sizes": {**DEFAULT_SIZES, **SMALL},
                     "classes": list(CLASSES)}
     assert is_complete(small_set)
     pre = sorted(small_set.glob("pretrain/*"))
@@ -91,6 +91,19 @@ def test_same_seed_is_byte_identical_and_seed_matters(tmp_path: Path, small_set:
     assert set(other) == set(again)
     images = [k for k in again if k.endswith((".png", ".jpg"))]
     assert all(other[k] != again[k] for k in images)
+
+
+def test_pretrain_classes_are_the_classes_the_images_were_drawn_with(small_set: Path) -> None:
+    classes = synthetic.pretrain_classes(0, SMALL["pretrain_images"])
+    assert len(set(classes)) > 1 and all(0 <= c < len(CLASSES) for c in classes)
+    for i, cls in enumerate(classes):
+        on_disk = np.asarray(Image.open(small_set / "pretrain" / f"{i:06d}.png"))
+        rng = synthetic._rng(0, "pretrain", i)
+        rng.integers(len(CLASSES))  # the class draw
+        assert np.array_equal(np.asarray(synthetic._render_single(rng, 32, cls)), on_disk), i
+        other = synthetic._rng(0, "pretrain", i)
+        other.integers(len(CLASSES))
+        assert not np.array_equal(np.asarray(synthetic._render_single(other, 32, (cls + 1) % len(CLASSES))), on_disk)
 
 
 def test_voc_annotations(det_set: Path) -> None:
@@ -217,6 +230,21 @@ def test_read_meta_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not readable JSON"):
         read_meta(tmp_path)
     assert not is_complete(tmp_path)
+
+
+def test_set_of_another_generator_version_is_refused_with_the_command_to_regenerate(tmp_path: Path) -> None:
+    from pretrain.config import load_config
+    from pretrain.data import build_splits
+
+    out = generate(tmp_path / "s", **TINY)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": synthetic.VERSION - 1}))
+    with pytest.raises(UserError, match=rf"version-{synthetic.VERSION - 1} synthetic set .* pass --force"):
+        generate(out, **TINY)
+    cfg = load_config(None, ["DATA.DATASET", "synthetic", "DATA.ROOT", str(out)])
+    with pytest.raises(UserError, match=r"version \d+ \(expected \d+\).*make_synthetic.py --out .* --force"):
+        build_splits(cfg)
+    assert read_meta(generate(out, force=True, **TINY))["version"] == synthetic.VERSION
 
 
 def test_class_is_not_encoded_in_colour(tmp_path: Path) -> None:
