@@ -78,6 +78,26 @@ def test_demo_refuses_runs_made_from_other_data(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == ["demo.json"]  # nothing was run into it
 
 
+@pytest.mark.parametrize("stamped", ["other generator version", "before versions were stamped"])
+def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp_path, stamped):
+    from pretrain.synthetic import generate
+
+    data = generate(tmp_path / "data", pretrain_images=48, cls_train_per_class=4, cls_val_per_class=2,
+                    det_trainval=6, det_test=4, image_size=32, det_image_size=96)
+    meta = json.loads((data / "meta.json").read_text())
+    runs = tmp_path / "runs"
+    (runs / "pretrain" / "byol-e1-s0").mkdir(parents=True)
+    stamp = {"data": str(data.resolve()), "quick": True}
+    if stamped == "other generator version":
+        stamp["dataset"] = {"version": meta["version"] - 1, "seed": meta["seed"], "sizes": meta["sizes"]}
+    (runs / "demo.json").write_text(json.dumps(stamp))
+    proc = _demo(tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "other settings or other data" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((runs / "demo.json").read_text()) == stamp
+    assert [p.name for p in (runs / "pretrain").iterdir()] == ["byol-e1-s0"]
+
+
 def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path):
     proc = _demo(tmp_path, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pretrain.errors import UserError, run_cli  # noqa: E402
-from pretrain.synthetic import generate, is_complete  # noqa: E402
+from pretrain.synthetic import generate, is_complete, read_meta  # noqa: E402
 
 #: (name, overrides) of the four pretraining variants; names end up in the output folder names
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -194,6 +194,7 @@ class Demo:
     def run(self) -> None:
         s = self.s
         self.data()
+        _check_out_folder(s)  # now with the dataset's version, seed and sizes
         runs: dict[tuple[str, int], Path] = {}
         for seed in s.seeds:
             for name, overrides in VARIANTS:
@@ -213,18 +214,34 @@ class Demo:
 
 
 def _check_out_folder(s: Settings) -> None:
-    """The runs folder remembers which data (and --quick) made it, so that no run is reused across them."""
+    """The runs folder remembers which data (and --quick) made it, so that no run is reused across them.
+
+    The stamp names the data folder and, once the set exists, its generator version, seed and sizes:
+    a set regenerated with other settings (or by another version of the generator) in the same folder
+    must not reuse the runs made from the old one. Called before the first step and after the data step.
+    """
     stamp = s.out / "demo.json"
-    want = {"data": str(s.data.resolve()), "quick": s.quick}
+    want: dict = {"data": str(s.data.resolve()), "quick": s.quick}
+    if is_complete(s.data):
+        meta = read_meta(s.data)
+        want["dataset"] = {"version": meta["version"], "seed": meta["seed"], "sizes": meta["sizes"]}
+    have = None
     if stamp.is_file():
         try:
             have = json.loads(stamp.read_text())
         except ValueError:
-            have = None
-        if have != want:
-            raise UserError(f"{s.out} holds demo runs made with other settings ({stamp}: {have}, now {want}); "
-                            "pass another --out, or delete that folder to start again")
-        return
+            have = {}
+        if not isinstance(have, dict):
+            have = {}
+        runs_made = any(p.name != "demo.json" for p in s.out.iterdir())
+        same_folder = {k: have.get(k) for k in ("data", "quick")} == {k: want[k] for k in ("data", "quick")}
+        same_data = "dataset" not in want or have.get("dataset") == want["dataset"] or \
+            ("dataset" not in have and not runs_made)
+        if not (same_folder and same_data):
+            raise UserError(f"{s.out} holds demo runs made with other settings or other data ({stamp}: {have}, "
+                            f"now {want}); pass another --out, or delete that folder to start again")
+        if have == want:
+            return
     s.out.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_name(".demo.json.tmp")
     tmp.write_text(json.dumps(want, indent=1) + "\n")
