@@ -98,6 +98,41 @@ def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp
     assert [p.name for p in (runs / "pretrain").iterdir()] == ["byol-e1-s0"]
 
 
+def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    from pretrain.errors import UserError
+    from pretrain.synthetic import generate
+
+    spec = importlib.util.spec_from_file_location("demo_module", REPO / "tools" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "demo_module", demo)  # dataclasses look their module up there
+    spec.loader.exec_module(demo)
+    s = demo.Settings(data=tmp_path / "data", out=tmp_path / "runs", tables=tmp_path / "tables", seeds=[0],
+                      epochs=1, det_config="synthetic_r18_c4.yaml", det_iters=4, engine="auto", linear_epochs=1,
+                      quick=True)
+    stamp = s.out / "demo.json"
+    sizes = dict(pretrain_images=2, cls_train_per_class=1, cls_val_per_class=1, det_trainval=1, det_test=1,
+                 image_size=16, det_image_size=32)
+    demo._check_out_folder(s)  # before the data exists: folder and --quick only
+    assert "dataset" not in json.loads(stamp.read_text())
+    generate(s.data, **sizes)
+    demo._check_out_folder(s)  # after the data step: its version, seed and sizes too
+    recorded = json.loads(stamp.read_text())
+    assert recorded["dataset"]["seed"] == 0 and recorded["dataset"]["sizes"]["pretrain_images"] == 2
+    (s.out / "pretrain" / "byol-e1-s0").mkdir(parents=True)
+    shutil.rmtree(s.data)  # deleted and made again with the same settings: the runs stay usable
+    demo._check_out_folder(s)
+    generate(s.data, **sizes)
+    demo._check_out_folder(s)
+    assert json.loads(stamp.read_text()) == recorded
+    generate(s.data, seed=1, force=True, **sizes)  # other data in the same folder: refused
+    with pytest.raises(UserError, match="other settings or other data"):
+        demo._check_out_folder(s)
+    assert json.loads(stamp.read_text()) == recorded
+
+
 def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path):
     proc = _demo(tmp_path, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -240,8 +240,8 @@ def _check_out_folder(s: Settings) -> None:
         if not (same_folder and same_data):
             raise UserError(f"{s.out} holds demo runs made with other settings or other data ({stamp}: {have}, "
                             f"now {want}); pass another --out, or delete that folder to start again")
-        if have == want:
-            return
+        if have == want or "dataset" not in want:
+            return  # nothing new to record (the data is checked again once it exists)
     s.out.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_name(".demo.json.tmp")
     tmp.write_text(json.dumps(want, indent=1) + "\n")
