@@ -18,7 +18,7 @@ import yaml
 from fvcore.common.config import CfgNode as FvCfgNode
 
 from pretrain.config import config_hash as _config_hash
-from pretrain.config import config_to_dict
+from pretrain.config import config_to_dict, merge_overrides
 from pretrain.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -123,12 +123,7 @@ def merge_config(cfg: FvCfgNode, config: str | os.PathLike, opts: Sequence[str],
         raise UserError(f"config file {path}: {key_error(exc)}") from None
     except (ValueError, TypeError, AssertionError, yaml.YAMLError) as exc:
         raise UserError(f"config file {path}: {exc}") from None
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, AssertionError) as exc:
-        raise UserError(f"command line: {key_error(exc)}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"command line: {exc}") from None
+    merge_overrides(cfg, opts, key_error)
     explicit = "OUTPUT_DIR" in read_config(path) or "OUTPUT_DIR" in opts[0::2]
     if not explicit and cfg.OUTPUT_DIR == D2_DEFAULT_OUTPUT_DIR:
         cfg.OUTPUT_DIR = default_output_dir(path, cfg.MODEL.WEIGHTS)

@@ -6,6 +6,7 @@ Unknown keys and values of the wrong type are user errors that name the key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -222,12 +223,7 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
         elif isinstance(default, list) and isinstance(parsed, list):
             parsed = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in parsed]
         pairs += [key, parsed if isinstance(parsed, str) else repr(parsed) if parsed is not None else value]
-    try:
-        cfg.merge_from_list(pairs)
-    except (KeyError, AssertionError) as exc:
-        raise UserError(f"command line: {_key_error_text(exc)}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"command line: {exc}") from None
+    merge_overrides(cfg, pairs)
     validate_config(cfg, source)
     cfg.freeze()
     return cfg
@@ -255,7 +251,18 @@ def _coerce_numbers(loaded: dict, defaults: dict) -> None:
             loaded[key] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
 
 
-def _key_error_text(exc: Exception) -> str:
+def merge_overrides(cfg, pairs: list, key_error_text: Callable[[BaseException], str] | None = None) -> None:
+    """cfg.merge_from_list(pairs), its errors turned into one UserError naming the command line;
+    `key_error_text` words an unknown or bad key (default: ours, pointing at pretrain/config.py)."""
+    try:
+        cfg.merge_from_list(pairs)
+    except (KeyError, AssertionError) as exc:
+        raise UserError(f"command line: {(key_error_text or _key_error_text)(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"command line: {exc}") from None
+
+
+def _key_error_text(exc: BaseException) -> str:
     text = str(exc.args[0]) if exc.args else str(exc)
     if "Non-existent" in text:
         return f"unknown config key ({text}); see pretrain/config.py for every key"

@@ -137,10 +137,7 @@ def build_splits(cfg) -> Splits:
     d = cfg.DATA
     root = Path(d.ROOT)
     if d.DATASET == "synthetic":
-        if not (root / "meta.json").is_file():
-            raise UserError(f"synthetic dataset not found at {root} (no meta.json); create it with "
-                            f"`python tools/make_synthetic.py --out {root}` or set DATA.ROOT")
-        read_meta(root)  # a set of another generator version (other images) is refused, never mixed in
+        read_meta(root)  # missing, incomplete or another generator version: one error with the command to fix it
         return Splits(ImageFolderSource(root / "pretrain"),
                       ImageFolderSource(root / "classification" / "train", require_labels=True),
                       ImageFolderSource(root / "classification" / "val", require_labels=True))
