@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from detection.engines import detectron2_available
 
-from detection.engines import detectron2_available  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def measure(engine: str, config: str, iters: int, overrides: list[str], out: Path) -> dict:

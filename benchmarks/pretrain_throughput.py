@@ -10,17 +10,13 @@ random tensors, so data loading is excluded and the figures isolate the method's
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pretrain.config import load_config  # noqa: E402
-from pretrain.methods import build_method  # noqa: E402
-from pretrain.optim import build_optimizer  # noqa: E402
+from pretrain.config import load_config
+from pretrain.method.siamese import build_method
+from pretrain.training.optim import build_optimizer
 
 VARIANTS = {"base": (False, False), "+RIM": (True, False), "+IFM": (False, True), "+RIM+IFM": (True, True)}
 

@@ -4,7 +4,7 @@ python benchmarks/synthetic_supervised.py [--data datasets/synthetic] [--backbon
        [--cifar-stem] [--epochs 12] [--batch-size 128] [--lr 0.1] [--device auto] [--seed 0]
 
 Trains the backbone and a linear layer with cross-entropy on the pretraining images, labelled with
-the classes the generator drew them with (`pretrain.synthetic.pretrain_classes`), and prints after
+the classes the generator drew them with (`synthetic.generator.pretrain_classes`), and prints after
 each epoch the optimizer steps so far and the top-1 on the classification val split. Pretraining
 never sees these labels. The figures say whether the classes are learnable by this backbone in a
 given number of steps at all, which bounds what a self-supervised run of the same length can show,
@@ -14,21 +14,18 @@ and whether a change to the generator keeps them learnable.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from pretrain.data import ImageFolderSource  # noqa: E402
-from pretrain.errors import UserError, run_cli  # noqa: E402
-from pretrain.models import FEATURE_DIMS, build_backbone  # noqa: E402
-from pretrain.synthetic import pretrain_classes, read_meta  # noqa: E402
-from pretrain.views import eval_transform  # noqa: E402
+from pretrain.data.datasets import ImageFolderSource
+from pretrain.data.views import eval_transform
+from pretrain.method.models import FEATURE_DIMS, build_backbone
+from rimifm.errors import UserError, run_cli
+from synthetic.generator import pretrain_classes, read_meta
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

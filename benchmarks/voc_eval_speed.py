@@ -15,17 +15,14 @@ extrapolated linearly.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detection.evaluation.voc import VOC_CLASSES, voc_ap  # noqa: E402
-from detection.evaluation.voc_reference import reference_voc_eval  # noqa: E402
+from detection.evaluation.voc import VOC_CLASSES, voc_ap
+from detection.evaluation.voc_reference import reference_voc_eval
 
 
 def make_data(n_images: int, dets_per_image: int, num_classes: int, seed: int) -> tuple[dict, dict]:

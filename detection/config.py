@@ -19,7 +19,7 @@ from fvcore.common.config import CfgNode as FvCfgNode
 
 from pretrain.config import config_hash as _config_hash
 from pretrain.config import config_to_dict, merge_overrides
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: MODEL.WEIGHTS of the shipped real-data configs: the user must pass the converted backbone

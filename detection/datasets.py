@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from detection.voc_xml import VocObject, parse_voc_xml
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 
 #: detectron2's BoxMode.XYXY_ABS and BoxMode.XYWH_ABS values
 XYXY_ABS = 0
@@ -275,7 +275,7 @@ REGISTRY: dict[str, DatasetSpec] = {}
 
 def _specs(root: str, synth: str) -> list[DatasetSpec]:
     from detection.evaluation.voc import VOC_CLASSES
-    from pretrain.synthetic import CLASSES
+    from synthetic.generator import CLASSES
 
     specs = []
     for name, (folder, split, year) in VOC_SPLITS.items():

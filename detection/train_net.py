@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detection.config import available_configs, resolve_config_path  # noqa: E402
 from detection.engines import ENGINES, select_engine  # noqa: E402
-from pretrain.errors import run_cli  # noqa: E402
+from rimifm.errors import run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,5 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

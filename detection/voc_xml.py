@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-from .errors import UserError
-from .records import stable_hash
+from rimifm.errors import UserError
+from rimifm.records import stable_hash
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -4,7 +4,8 @@ import re
 
 import tomllib
 import yaml
-from conftest import REPO
+
+from tests.helpers import REPO
 
 
 def _pyproject_requirements() -> set[str]:

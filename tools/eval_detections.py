@@ -1,107 +1,14 @@
 #!/usr/bin/env python
-"""Score COCO-format detections ([{image_id, category_id, bbox: [x,y,w,h], score}]) with VOC or COCO AP.
+"""Score COCO-format detections with VOC or COCO AP: see detection/evaluation/cli.py or --help."""
 
-VOC: detectron2's PascalVOCDetectionEvaluator definition (11-point for 2007), AP over IoU 0.50:0.95.
-COCO: pycocotools COCOeval (bbox). Both print and save AP, AP50, AP75 (x100).
-
-Examples:
-  python tools/eval_detections.py dets.json --voc datasets/VOC2007 --split test --year 2007
-  python tools/eval_detections.py dets.json --coco instances_test.json --out metrics.json
-"""
-
-from __future__ import annotations
-
-import argparse
-import contextlib
-import json
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run by path, Python puts tools/ first on sys.path, where tools/pretrain.py would shadow the `pretrain`
+# package: put the checkout there instead (this also runs from a checkout that is not pip-installed).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from detection.evaluation.voc import VOC_CLASSES, evaluate_coco_results_file  # noqa: E402
-from pretrain.errors import UserError, run_cli  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("detections", help="COCO results JSON")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--voc", metavar="DIR", help="VOC<year> folder (or one holding it)")
-    src.add_argument("--coco", metavar="ANNOTATIONS", help="COCO annotations JSON for pycocotools")
-    p.add_argument("--split", default="test", help="VOC split file name under ImageSets/Main (default: test)")
-    p.add_argument("--year", type=int, default=2007, choices=(2007, 2012),
-                   help="VOC year: 2007 uses the 11-point metric, 2012 the area metric (default: 2007)")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated class names in category_id order (default: the 20 VOC classes)")
-    p.add_argument("--no-d2-rounding", action="store_true",
-                   help="VOC: use full-precision boxes/scores instead of detectron2's text-file rounding")
-    p.add_argument("--out", default=None, help="write the metrics as JSON here")
-    return p.parse_args(argv)
-
-
-def evaluate_coco(detections: str | os.PathLike, annotations: str | os.PathLike) -> dict[str, float]:
-    """COCOeval bbox AP, AP50, AP75 (x100); pycocotools' chatter goes to stderr."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    for path, what in ((annotations, "annotations"), (detections, "detections")):
-        if not Path(path).is_file():
-            raise UserError(f"{what} file {path} does not exist")
-    try:
-        results = json.loads(Path(detections).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"detections file {detections} is not valid JSON ({exc})") from None
-    if not isinstance(results, list):
-        raise UserError(f"detections file {detections}: expected a JSON list of results")
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            gt = COCO(str(annotations))
-        except Exception as exc:
-            raise UserError(f"cannot read COCO annotations {annotations} ({type(exc).__name__}: {exc})") from None
-        if not results:
-            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-        try:
-            dt = gt.loadRes(results)
-        except Exception as exc:
-            raise UserError(f"detections {detections} do not fit {annotations} "
-                            f"({type(exc).__name__}: {exc or 'image ids not in the annotations?'})") from None
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"AP": float(ev.stats[0] * 100), "AP50": float(ev.stats[1] * 100), "AP75": float(ev.stats[2] * 100)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate, print one line of metrics, optionally write them as JSON."""
-    args = parse_args(argv)
-    if args.voc:
-        classes = VOC_CLASSES if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
-        if not classes or len(set(classes)) != len(classes):
-            raise UserError(f"--classes must list distinct names, got {args.classes!r}")
-        res = evaluate_coco_results_file(args.detections, args.voc, split=args.split, year=args.year,
-                                         class_names=classes, d2_text_rounding=not args.no_d2_rounding)
-        metrics = {k: res[k] for k in ("AP", "AP50", "AP75")}
-        metrics.update(protocol=f"voc{args.year}-{args.split}", metric=res["metric"],
-                       per_class_AP50={k: v["AP50"] for k, v in res["per_class"].items()})
-        if res["classes_without_positives"]:
-            print(f"warning: no non-difficult ground truth for {', '.join(res['classes_without_positives'])}; "
-                  "their AP follows detectron2's formula (0 or NaN)", file=sys.stderr)
-    else:
-        metrics = evaluate_coco(args.detections, args.coco)
-        metrics.update(protocol="coco-bbox")
-    print(f"{metrics['protocol']}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out)
-    return 0
-
+from detection.evaluation.cli import cli  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

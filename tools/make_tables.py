@@ -1,61 +1,14 @@
 #!/usr/bin/env python
-"""Make the result tables (Markdown, CSV, LaTeX) and plots from run records and published baselines.
+"""Regenerate the result tables and plots from run records: see reporting/cli.py or --help."""
 
-Usage: python tools/make_tables.py [RUNS_DIR ...] [--out results/] [--baselines results/baselines.csv]
-Reads every record.json under RUNS_DIR (default outputs/). Works from a source checkout.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run by path, Python puts tools/ first on sys.path, where tools/pretrain.py would shadow the `pretrain`
+# package: put the checkout there instead (this also runs from a checkout that is not pip-installed).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pretrain.errors import UserError, run_cli  # noqa: E402
-from pretrain.tables import DEFAULT_BASELINES, make_tables  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors go through UserError (one `error:` line, exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line options of the table maker."""
-    p = _Parser(description="Tables and plots from record.json files: mean ± std over seeds, delta against "
-                            "the base method, published baselines beside runs of the same protocol.")
-    p.add_argument("runs", nargs="*", default=["outputs"], help="folders searched for record.json (default outputs)")
-    p.add_argument("--out", default="results", help="folder the tables and plots go to (default results)")
-    p.add_argument("--baselines", default=str(DEFAULT_BASELINES),
-                   help="published numbers (CSV, default results/baselines.csv of this checkout)")
-    p.add_argument("--no-plots", action="store_true", help="write the tables only")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any record was skipped")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the tables, then print a summary and the classification and detection tables."""
-    args = build_parser().parse_args(argv)
-    result = make_tables(args.runs, args.out, args.baselines, plots=not args.no_plots)
-    summary = f"records: {result.found} found, {result.read} read, {len(result.skipped)} skipped"
-    if result.skipped:
-        summary += " (reasons above)"
-    print(summary)
-    if not result.read:
-        print(f"no usable run records under {', '.join(args.runs)}; nothing written to {args.out} "
-              "(run pretraining / evaluation / detection first)")
-        return 1 if args.strict and result.skipped else 0
-    print(f"tables and plots written to {args.out}/: {', '.join(result.files)}")
-    for name in ("classification", "detection"):
-        table = result.tables.get(name)
-        print()
-        print(table.markdown() if table else f"# {name}: no {name} records\n", end="")
-    return 1 if args.strict and result.skipped else 0
-
+from reporting.cli import cli  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

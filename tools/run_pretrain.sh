@@ -21,9 +21,9 @@ fi
 # Resolve the dataset the merged config points at (also validates the config and overrides).
 info=$("$PY" - "$CONFIG" "$@" <<'PY'
 import sys
-sys.path.insert(0, ".")
+
 from pretrain.config import load_config
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 try:
     cfg = load_config(sys.argv[1], sys.argv[2:])
 except UserError as exc:

@@ -13,10 +13,10 @@ import importlib.util
 import warnings
 from types import ModuleType
 
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 
 ENGINES = ("auto", "detectron2", "torchvision")
-_MODULES = {"detectron2": "detection.engines.d2_engine", "torchvision": "detection.engines.torchvision_engine"}
+_MODULES = {"detectron2": "detection.engines.detectron2.engine", "torchvision": "detection.engines.torchvision.engine"}
 
 D2_INSTALL_HINT = ("install detectron2 from its repository into this environment (it is not on PyPI): "
                    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "

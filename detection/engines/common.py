@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from detection.config import WEIGHTS_PLACEHOLDER, config_hash, config_to_dict, protocol_string
-from detection.convert import load_d2_pkl
 from detection.datasets import REGISTRY
-from pretrain.errors import UserError
-from pretrain.records import code_version, peak_memory_mb, write_record
+from rimifm.errors import UserError
+from rimifm.records import code_version, peak_memory_mb, write_record
+from rimifm.resnet_weights import load_d2_pkl
 
 METRIC_KEYS = ("AP", "AP50", "AP75")
 

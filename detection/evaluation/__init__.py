@@ -1,6 +1,6 @@
 """Detection evaluators: PASCAL VOC AP with detectron2's exact definition, vectorised with numpy."""
 
-from .voc import (
+from detection.evaluation.voc import (
     DEFAULT_IOU_THRESHOLDS,
     VOC_CLASSES,
     coco_results_to_detections,

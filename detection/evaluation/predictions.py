@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.errors import UserError
-from pretrain.records import atomic_write_text
-
-from .voc import read_voc_annotations, voc_ap
+from detection.evaluation.voc import read_voc_annotations, voc_ap
+from rimifm.errors import UserError
+from rimifm.io import atomic_write_text
 
 RESULTS_FILE = "coco_instances_results.json"
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from detection.voc_xml import parse_voc_xml
-from pretrain.errors import UserError
+from rimifm.errors import UserError
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,0 +1,62 @@
+"""Make the result tables (Markdown, CSV, LaTeX) and plots from run records and published baselines.
+
+Usage: python tools/make_tables.py [RUNS_DIR ...] [--out results/] [--baselines results/baselines.csv]
+Reads every record.json under RUNS_DIR (default outputs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from reporting.tables import DEFAULT_BASELINES, make_tables
+from rimifm.errors import UserError, run_cli
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors go through UserError (one `error:` line, exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the table maker."""
+    p = _Parser(description="Tables and plots from record.json files: mean ± std over seeds, delta against "
+                            "the base method, published baselines beside runs of the same protocol.")
+    p.add_argument("runs", nargs="*", default=["outputs"], help="folders searched for record.json (default outputs)")
+    p.add_argument("--out", default="results", help="folder the tables and plots go to (default results)")
+    p.add_argument("--baselines", default=str(DEFAULT_BASELINES),
+                   help="published numbers (CSV, default results/baselines.csv of this checkout)")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any record was skipped")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the tables, then print a summary and the classification and detection tables."""
+    args = build_parser().parse_args(argv)
+    result = make_tables(args.runs, args.out, args.baselines, plots=not args.no_plots)
+    summary = f"records: {result.found} found, {result.read} read, {len(result.skipped)} skipped"
+    if result.skipped:
+        summary += " (reasons above)"
+    print(summary)
+    if not result.read:
+        print(f"no usable run records under {', '.join(args.runs)}; nothing written to {args.out} "
+              "(run pretraining / evaluation / detection first)")
+        return 1 if args.strict and result.skipped else 0
+    print(f"tables and plots written to {args.out}/: {', '.join(result.files)}")
+    for name in ("classification", "detection"):
+        table = result.tables.get(name)
+        print()
+        print(table.markdown() if table else f"# {name}: no {name} records\n", end="")
+    return 1 if args.strict and result.skipped else 0
+
+
+
+def cli() -> None:
+    """Console entry point."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

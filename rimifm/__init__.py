@@ -1,0 +1,14 @@
+"""The shared core of the suite: what pretraining, detection, reporting and the demo all rely on.
+
+It imports none of them (tests/test_layout.py enforces the direction
+rimifm <- synthetic <- pretrain <- detection <- reporting <- demo <- tools):
+
+- errors:          UserError and the one-line command-line error wrapper
+- io:              atomic writes and safe (weights_only) checkpoint loading
+- seeding:         keyed per-step seeds and the global RNG state of a resume
+- distributed:     process-group facts (torchrun/DDP) and device resolution
+- config:          helpers for yacs/fvcore configs (dotted keys, overrides, hashing)
+- records:         the record.json schema of every run kind, its writer and its validator
+- resnet_weights:  ResNet tensor names (torchvision <-> detectron2) and checkpoint layout detection
+- cli:             argparse value types shared by the command-line tools
+"""

@@ -1,0 +1,61 @@
+"""record.json: the one summary every run (pretrain, knn, linear, detection) ends by writing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+from rimifm.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and '-dirty') when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("rimifm")
+    except PackageNotFoundError:
+        pkg = "0.1.0"
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return f"{pkg}+{sha}" if sha else pkg
+    except (OSError, subprocess.SubprocessError):
+        return pkg
+
+
+def new_run_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+
+def write_record(path: str | os.PathLike, record: dict) -> Path:
+    """Write a record as sorted, indented JSON (stable bytes for the same content)."""
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def stable_hash(data) -> str:
+    """First 16 hex digits of the sha256 of sorted JSON: the same content always gives the same id."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory allocated on a CUDA device, else the peak resident memory of this process, in MiB."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except ImportError:
+        return math.nan

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests (tiny data, tiny-model overrides, converted weights); import them from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 16, seed: int = 0,
+                      labelled: bool = True) -> Path:
+    """Write a tiny dataset whose classes differ in their dominant colour channel."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(classes):
+        folder = root / f"class{c}" if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = (rng.random((size, size, 3)) * 90).astype(np.uint8)
+            a[..., c % 3] += 130
+            Image.fromarray(a).save(folder / f"c{c}_{i:03d}.png")
+    return root
+
+def tiny_overrides(tiny_data: dict[str, Path], out_dir: Path, **extra) -> list[str]:
+    """KEY VALUE overrides for a seconds-long run of a small ResNet-18 on 16x16 images."""
+    kv = {
+        "DATA.DATASET": "imagefolder", "DATA.ROOT": str(tiny_data["train"]), "DATA.KNN_VAL": str(tiny_data["val"]),
+        "DATA.IMAGE_SIZE": "16", "DATA.BATCH_SIZE": "8", "DATA.NUM_WORKERS": "0",
+        "MODEL.PROJ_HIDDEN_DIM": "32", "MODEL.PROJ_OUTPUT_DIM": "16", "MODEL.PRED_HIDDEN_DIM": "32",
+        "TRAIN.EPOCHS": "2", "TRAIN.KNN_PERIOD": "0", "TRAIN.PROGRESS": "false", "TRAIN.TENSORBOARD": "false",
+        "TRAIN.LOG_PERIOD": "1", "OUTPUT_DIR": str(out_dir),
+    }
+    kv.update({k: str(v) for k, v in extra.items()})
+    return [x for pair in kv.items() for x in pair]
+
+def converted_resnet_pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """A random torchvision ResNet with non-trivial norm parameters and statistics (so that a missed
+    tensor would show), converted to detectron2's .pkl: (path, converted d2 tensors, torchvision state)."""
+    import torchvision
+
+    from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    conv = convert_checkpoint({"state_dict": net.state_dict()})
+    path = tmp_path / f"{arch}.pkl"
+    save_d2_pkl(conv.model, path)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.") and "num_batches" not in k}
+    return path, conv.model, state

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from pretrain.method.losses import byol_distance, simsiam_distance, symmetric_loss
+from pretrain.method.models import ema_update
+from pretrain.method.siamese import BYOL
+from pretrain.training.optim import LARS, param_groups, warmup_cosine
+
+
+def test_byol_and_simsiam_distances_hand_computed():
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [3.0, 4.0]])
+    z = torch.tensor([[0.0, 1.0], [2.0, 2.0], [-1.0, 0.0], [4.0, 3.0]])
+    # cosines: 0, 1, -1, 24/25
+    assert torch.allclose(byol_distance(p, z), torch.tensor([2.0, 0.0, 4.0, 2 - 2 * 0.96]), atol=1e-6)
+    assert torch.allclose(simsiam_distance(p, z), torch.tensor([0.0, -1.0, 1.0, -0.96]))
+
+
+def test_symmetric_loss_pairs_each_view_with_the_other():
+    p1, p2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    t1, t2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    # p1 vs t2 (orthogonal) = 2, p2 vs t1 (orthogonal) = 2
+    assert symmetric_loss(byol_distance, p1, p2, t1, t2).item() == pytest.approx(2.0)
+    assert symmetric_loss(byol_distance, p1, p2, t2, t1).item() == pytest.approx(0.0)
+
+
+def test_ema_update_params_and_buffers():
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    target = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in online.parameters():
+            p.fill_(1.0)
+        for p in target.parameters():
+            p.fill_(0.0)
+        online[1].running_mean.fill_(3.0)
+    ema_update(target, online, 0.9)
+    for p in target.parameters():
+        assert torch.allclose(p, torch.full_like(p, 0.1))
+    assert torch.equal(target[1].running_mean, online[1].running_mean)
+
+
+def test_byol_momentum_schedule_is_cosine():
+    m = BYOL.__new__(BYOL)
+    m.base_momentum, m.final_momentum = 0.99, 1.0
+    assert m.momentum_at(0.0) == pytest.approx(0.99)
+    assert m.momentum_at(0.5) == pytest.approx(0.995)
+    assert m.momentum_at(1.0) == pytest.approx(1.0)
+    assert m.momentum_at(0.25) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
+
+
+def test_warmup_cosine_schedule():
+    s = warmup_cosine(0.1, start_factor=0.0, final_factor=0.0)
+    assert s(0.0) == pytest.approx(0.0)
+    assert s(0.05) == pytest.approx(0.5)
+    assert s(0.1) == pytest.approx(1.0)
+    assert s(0.55) == pytest.approx(0.5)
+    assert s(0.999) < 1e-4
+    plain = warmup_cosine(0.0, final_factor=0.1)
+    assert plain(0.0) == pytest.approx(1.0) and plain(0.5) == pytest.approx(0.55)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    groups = param_groups(net, 0.5)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(net[0].weight), id(net[2].weight)}
+    assert all(g["lars_exclude"] == (g["weight_decay"] == 0) for g in groups)
+
+
+def test_lars_trust_ratio_and_exclusion():
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # norm 5
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([dict(params=[w], weight_decay=0.0, lars_exclude=False),
+                dict(params=[b], weight_decay=0.0, lars_exclude=True)], lr=1.0, momentum=0.0, eta=0.1)
+    w.grad = torch.tensor([0.0, 10.0])  # norm 10 -> trust = 0.1 * 5 / 10 = 0.05
+    b.grad = torch.tensor([2.0])
+    opt.step()
+    assert torch.allclose(w, torch.tensor([3.0, 3.5]))
+    assert torch.allclose(b, torch.tensor([-1.0]))
