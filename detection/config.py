@@ -17,8 +17,14 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as FvCfgNode
 
-from pretrain.config import config_hash as _config_hash
-from pretrain.config import config_to_dict, merge_overrides
+from rimifm.config import (
+    check_override_pairs,
+    config_hash,
+    config_to_dict,
+    get_dotted,
+    key_error_text,
+    merge_overrides,
+)
 from rimifm.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -92,17 +98,6 @@ def add_rimifm_config(cfg: FvCfgNode) -> FvCfgNode:
     return cfg
 
 
-def check_override_pairs(opts: Sequence[str]) -> list[str]:
-    """Command-line overrides must come as KEY VALUE pairs with dotted upper-case keys."""
-    opts = list(opts)
-    if len(opts) % 2:
-        raise UserError(f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
-    for key in opts[0::2]:
-        if key.startswith("-"):
-            raise UserError(f"unknown option {key!r}; options go before the KEY VALUE overrides (see --help)")
-    return opts
-
-
 def merge_config(cfg: FvCfgNode, config: str | os.PathLike, opts: Sequence[str], unknown_key_hint: str) -> FvCfgNode:
     """Merge a config file (with `_BASE_`) and KEY VALUE overrides into an engine's defaults `cfg`.
 
@@ -114,8 +109,7 @@ def merge_config(cfg: FvCfgNode, config: str | os.PathLike, opts: Sequence[str],
     opts = check_override_pairs(opts)
 
     def key_error(exc: BaseException) -> str:
-        text = str(exc.args[0]) if exc.args else str(exc)
-        return f"{text} ({unknown_key_hint})" if "Non-existent" in text else text
+        return key_error_text(exc, unknown_key_hint)
 
     try:
         cfg.merge_from_file(str(path), allow_unsafe=False)
@@ -130,11 +124,6 @@ def merge_config(cfg: FvCfgNode, config: str | os.PathLike, opts: Sequence[str],
     return cfg
 
 
-def config_hash(cfg: FvCfgNode) -> str:
-    """First 16 hex digits of the sha256 of the merged config (OUTPUT_DIR left out)."""
-    return _config_hash(cfg)
-
-
 def _stem(path_or_url: str) -> str:
     name = re.split(r"[/\\]", path_or_url.rstrip("/\\"))[-1]
     return name.rsplit(".", 1)[0] if "." in name else name
@@ -146,15 +135,6 @@ def default_output_dir(config_path: str | os.PathLike, weights: str = "") -> str
     if weights and weights != WEIGHTS_PLACEHOLDER:
         name += f"-{_stem(weights)}"
     return str(Path("outputs") / "detection" / name)
-
-
-def _get(cfg: Mapping[str, Any], dotted: str, default: Any) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _dataset_short(names: Sequence[str]) -> str:
@@ -179,9 +159,9 @@ def _iterations_short(n: int) -> str:
 
 def protocol_string(cfg: Mapping[str, Any]) -> str:
     """A readable protocol name from a merged config, e.g. 'VOC07+12 R50-C4 24k'."""
-    depth = _get(cfg, "MODEL.RESNETS.DEPTH", 50)
-    fpn = "fpn" in str(_get(cfg, "MODEL.BACKBONE.NAME", "build_resnet_backbone")).lower()
-    mask = "Mask " if _get(cfg, "MODEL.MASK_ON", False) else ""
-    train = _dataset_short(list(_get(cfg, "DATASETS.TRAIN", ())))
-    iters = int(_get(cfg, "SOLVER.MAX_ITER", 0))
+    depth = get_dotted(cfg, "MODEL.RESNETS.DEPTH", 50)
+    fpn = "fpn" in str(get_dotted(cfg, "MODEL.BACKBONE.NAME", "build_resnet_backbone")).lower()
+    mask = "Mask " if get_dotted(cfg, "MODEL.MASK_ON", False) else ""
+    train = _dataset_short(list(get_dotted(cfg, "DATASETS.TRAIN", ())))
+    iters = int(get_dotted(cfg, "SOLVER.MAX_ITER", 0))
     return f"{train} {mask}R{depth}-{'FPN' if fpn else 'C4'} {_iterations_short(iters)}"

@@ -6,14 +6,20 @@ Unknown keys and values of the wrong type are user errors that name the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from rimifm.config import (
+    config_hash,
+    config_to_dict,
+    get_dotted,
+    key_error_text,
+    merge_overrides,
+    parse_value,
+)
 from rimifm.errors import UserError
-from rimifm.records import stable_hash
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -128,23 +134,16 @@ _CHOICES = {
 }
 
 
-def _get(cfg: CfgNode, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def validate_config(cfg: CfgNode, source: str = "config") -> None:
     """Check value ranges and choices; raise UserError naming the key and what is allowed."""
     for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
+        value = get_dotted(cfg, key)
         if value not in choices:
             raise UserError(f"{source}: {key} = {value!r} is not one of {', '.join(choices)}")
 
     def check(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise UserError(f"{source}: {key} = {_get(cfg, key)!r} {what}")
+            raise UserError(f"{source}: {key} = {get_dotted(cfg, key)!r} {what}")
 
     check(0.0 <= cfg.RIM.RATIO <= 1.0, "RIM.RATIO", "must be in [0, 1]")
     check(0.0 <= cfg.RIM.PROB <= 1.0, "RIM.PROB", "must be in [0, 1]")
@@ -186,14 +185,6 @@ def resolve_config_path(name: str) -> Path:
     raise UserError(f"config file {name!r} not found (as a path or in pretrain/configs/: {shipped})")
 
 
-def _parse_value(text: str):
-    """Command-line values are YAML literals: 0.3, true, [1.0, 0.1], resnet50."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def load_config(config_file: str | None = None, overrides: list[str] | None = None) -> CfgNode:
     """Defaults, then the YAML file (with `_BASE_`), then `KEY VALUE` pairs; validated and frozen."""
     cfg = get_default_config()
@@ -216,27 +207,17 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
         raise UserError(f"overrides must be KEY VALUE pairs; {overrides[-1]!r} has no value")
     pairs = []
     for key, value in zip(overrides[0::2], overrides[1::2]):
-        parsed = _parse_value(value)
-        default = _lookup(cfg, key)
+        parsed = parse_value(value)
+        default = get_dotted(cfg, key, None)
         if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
             parsed = float(parsed)
         elif isinstance(default, list) and isinstance(parsed, list):
             parsed = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in parsed]
         pairs += [key, parsed if isinstance(parsed, str) else repr(parsed) if parsed is not None else value]
-    merge_overrides(cfg, pairs)
+    merge_overrides(cfg, pairs, _key_error_text)
     validate_config(cfg, source)
     cfg.freeze()
     return cfg
-
-
-def _lookup(cfg: CfgNode, dotted: str):
-    """The current value of a dotted key, or None when it does not exist (yacs reports that)."""
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _coerce_numbers(loaded: dict, defaults: dict) -> None:
@@ -251,31 +232,9 @@ def _coerce_numbers(loaded: dict, defaults: dict) -> None:
             loaded[key] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
 
 
-def merge_overrides(cfg, pairs: list, key_error_text: Callable[[BaseException], str] | None = None) -> None:
-    """cfg.merge_from_list(pairs), its errors turned into one UserError naming the command line;
-    `key_error_text` words an unknown or bad key (default: ours, pointing at pretrain/config.py)."""
-    try:
-        cfg.merge_from_list(pairs)
-    except (KeyError, AssertionError) as exc:
-        raise UserError(f"command line: {(key_error_text or _key_error_text)(exc)}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"command line: {exc}") from None
-
-
 def _key_error_text(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
-    if "Non-existent" in text:
-        return f"unknown config key ({text}); see pretrain/config.py for every key"
-    return text
+    return key_error_text(exc, "see pretrain/config.py for every key")
 
 
-def config_to_dict(cfg: CfgNode) -> dict:
-    """Plain nested dict (for JSON records)."""
-    return yaml.safe_load(cfg.dump())
-
-
-def config_hash(cfg: CfgNode) -> str:
-    """Stable hash of the merged config, ignoring where outputs go."""
-    data = config_to_dict(cfg)
-    data.pop("OUTPUT_DIR", None)
-    return stable_hash(data)
+__all__ = ["CONFIG_DIR", "CfgNode", "config_hash", "config_to_dict", "get_default_config", "load_config",
+           "resolve_config_path", "validate_config"]

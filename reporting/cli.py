@@ -9,19 +9,13 @@ from __future__ import annotations
 import argparse
 
 from reporting.tables import DEFAULT_BASELINES, make_tables
-from rimifm.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors go through UserError (one `error:` line, exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
+from rimifm.cli import ArgumentParser
+from rimifm.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the table maker."""
-    p = _Parser(description="Tables and plots from record.json files: mean ± std over seeds, delta against "
+    p = ArgumentParser(description="Tables and plots from record.json files: mean ± std over seeds, delta against "
                             "the base method, published baselines beside runs of the same protocol.")
     p.add_argument("runs", nargs="*", default=["outputs"], help="folders searched for record.json (default outputs)")
     p.add_argument("--out", default="results", help="folder the tables and plots go to (default results)")

@@ -14,6 +14,17 @@ import torch.distributed as dist
 from rimifm.errors import UserError
 
 
+def resolve_device(name: str, option: str = "--device") -> torch.device:
+    """auto (a GPU when one is visible, else the CPU), cpu or cuda; `option` names the setting in errors."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown {option} {name!r}; choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{option} is {name} but no GPU is visible; use {option} cpu (or auto)")
+    return torch.device(name)
+
+
 class Distributed:
     """Process-group facts; a single process when not launched by torchrun."""
 

@@ -9,19 +9,13 @@ from __future__ import annotations
 import argparse
 
 from pretrain.evaluation.run import DATASETS, run_evaluation
-from rimifm.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors go through UserError (one `error:` line, exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
+from rimifm.cli import ArgumentParser
+from rimifm.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the classification evaluation."""
-    p = _Parser(description="kNN / linear-probe evaluation of a pretrained (or random) backbone.")
+    p = ArgumentParser(description="kNN / linear-probe evaluation of a pretrained (or random) backbone.")
     p.add_argument("checkpoint", help="our .pth, a third-party ResNet checkpoint, a detectron2 .pkl, "
                                       "or `none` with --random-init")
     p.add_argument("--dataset", required=True, choices=DATASETS)
