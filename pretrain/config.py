@@ -1,6 +1,6 @@
 """Pretraining configuration: defaults, YAML files with `_BASE_`, and `KEY VALUE` overrides.
 
-Every knob of the method (see method_spec.md) is a key here, so ablation tables can vary it.
+Every knob of the method (see docs/method.md) is a key here, so ablation tables can vary it.
 Unknown keys and values of the wrong type are user errors that name the key.
 """
 

@@ -1,7 +1,7 @@
 """IFM, in-batch feature mixing: virtual positive pairs made by mixing features within the batch.
 
 Pure functions; the method classes decide where the features come from.
-See method_spec.md, section IFM.
+See docs/method.md, section "IFM: in-batch feature mixing".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RIM, random image masking: hide an exact fraction of grid cells of each online view.
 
 Vectorised over the batch on whatever device it lives on (no Python loop over samples).
-See method_spec.md, section RIM.
+See docs/method.md, section "RIM: random image masking".
 """
 
 from __future__ import annotations

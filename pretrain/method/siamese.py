@@ -1,8 +1,8 @@
 """BYOL and SimSiam on one Siamese base, with RIM and IFM as independent switches.
 
 One forward call computes the whole training loss of a step, so the module can be wrapped in
-DistributedDataParallel as it is. Notation follows method_spec.md: h = backbone features,
-z = projector output, p = predictor output; primes are the target branch.
+DistributedDataParallel as it is. Notation follows docs/method.md (section "Notation"):
+h = backbone features, z = projector output, p = predictor output; primes are the target branch.
 """
 
 from __future__ import annotations
