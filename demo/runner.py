@@ -4,9 +4,10 @@
     backbone) -> convert to detectron2 .pkl -> detection fine-tune (base, +RIM+IFM, random init)
     -> tables and plots
 
-Every step runs the same command a user would type (tools/pretrain.py, tools/eval_classification.py,
-tools/convert_to_d2.py, detection/train_net.py, tools/make_tables.py) in a child process, so the
-progress bars, errors and records are theirs. A step whose output is already complete is skipped, so
+Every step is the command a user would type (tools/pretrain.py, tools/eval_classification.py,
+tools/convert_to_d2.py, detection/train_net.py, tools/make_tables.py): it is printed, then run by that
+command's own main() in this process (one start-up of torch for the whole chain), so the progress
+bars, errors and records are theirs. A step whose output is already complete is skipped, so
 running the demo again reuses what is done and an interrupted demo continues where it stopped
 (pretraining resumes from its last checkpoint). Output folder names carry the settings that change
 the result (epochs, iterations, seed), so a demo with other settings never reuses a wrong run.
@@ -22,17 +23,14 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rimifm.errors import UserError, run_cli
+from rimifm.errors import UserError, clean_message, run_cli
 from rimifm.io import atomic_write_text
 from synthetic.generator import generate, is_complete, read_meta
-
-REPO = Path(__file__).resolve().parent.parent
 
 #: (name, overrides) of the four pretraining variants; names end up in the output folder names
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -75,9 +73,8 @@ class Demo:
         self.t0 = time.perf_counter()
         self.step_no = 0
         self.steps_total = self._count_steps()
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         # the detection datasets read the synthetic set from here (see detection/datasets.py)
-        self.env["RIMIFM_SYNTHETIC"] = str(s.data)
+        os.environ["RIMIFM_SYNTHETIC"] = str(s.data)
 
     def _count_steps(self) -> int:
         s = self.s
@@ -101,12 +98,21 @@ class Demo:
         return done
 
     def _run(self, args: list[str]) -> None:
-        cmd = [sys.executable, *args]
-        print("  $ " + " ".join(_shell_quote(a) for a in [Path(sys.executable).name, *args]), flush=True)
-        proc = subprocess.run(cmd, cwd=REPO, env=self.env)
-        if proc.returncode != 0:
-            raise UserError(f"demo step failed (exit {proc.returncode}): {' '.join(args[:2])} ...; the message "
-                            "above says why. Fix it and run the demo again: finished steps are reused")
+        """Run one step: the command a user would type, echoed, then executed by its own main() in this process.
+
+        One Python process for the whole chain saves torch's start-up per step (about 5 s each on a slow
+        2-core machine, some twenty steps). A step's error stops the demo with that step's message.
+        """
+        print("  $ " + " ".join(_shell_quote(a) for a in ["python", *args]), flush=True)
+        main = _step_main(args[0])
+        try:
+            code = main(args[1:])
+        except UserError as exc:
+            raise UserError(f"demo step failed: {' '.join(args[:2])} ...: {clean_message(exc)}\nFix it and run "
+                            "the demo again: finished steps are reused") from None
+        if code:
+            raise UserError(f"demo step failed (exit {code}): {' '.join(args[:2])} ...; the message above says why. "
+                            "Fix it and run the demo again: finished steps are reused")
 
     # ------------------------------------------------------------------------------------------- steps
 
@@ -210,6 +216,23 @@ class Demo:
         mins, secs = divmod(int(time.perf_counter() - self.t0), 60)
         print(f"\ndemo finished in {mins} min {secs:02d} s; tables and plots: {s.tables}/ "
               f"(runs and records: {s.out}/)")
+
+
+def _step_main(script: str) -> Callable[[list[str]], int | None]:
+    """The main(argv) behind a user command of the chain (imported when first needed)."""
+    if script == "tools/pretrain.py":
+        from pretrain.training.loop import main
+    elif script == "tools/eval_classification.py":
+        from pretrain.evaluation.cli import main
+    elif script == "tools/convert_to_d2.py":
+        from detection.convert import main
+    elif script == "detection/train_net.py":
+        from detection.train_net import main
+    elif script == "tools/make_tables.py":
+        from reporting.cli import main
+    else:
+        raise ValueError(f"no demo step runs {script}")
+    return main
 
 
 def _check_out_folder(s: Settings) -> None:

@@ -6,21 +6,33 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import REPO
+from demo import runner
+from tests.helpers import REPO, run_main
 
-pytestmark = pytest.mark.slow
+
+def _argv(tmp_path: Path, *extra: str) -> list[str]:
+    return ["--quick", "--engine", "torchvision", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
+            "--tables", str(tmp_path / "tables"), *extra]
 
 
 def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "tools/demo.py", "--quick", "--engine", "torchvision", "--data", str(tmp_path / "data"),
-           "--out", str(tmp_path / "runs"), "--tables", str(tmp_path / "tables"), *extra]
+    """The demo as a user starts it: python tools/demo.py (a child process)."""
+    cmd = [sys.executable, "tools/demo.py", *_argv(tmp_path, *extra)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
+def _demo_here(tmp_path: Path, capsys, *extra: str) -> SimpleNamespace:
+    """The same, run by the demo's main() in this process (no second start-up of torch)."""
+    code, out, err = run_main(runner.main, _argv(tmp_path, *extra), capsys)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, capsys):
     proc = _demo(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
@@ -53,25 +65,25 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
 
     # a second run reuses every finished step and regenerates the same tables
     before = {p.name: p.read_bytes() for p in tables.glob("*.*")}
-    again = _demo(tmp_path)
+    again = _demo_here(tmp_path, capsys)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("(running)") == 1, again.stdout  # only the tables are made again
     assert again.stdout.count("done already, reused") >= 4 + 10 + 3 + 2
     assert {p.name: p.read_bytes() for p in tables.glob("*.*")} == before
 
 
-def test_demo_rejects_bad_settings(tmp_path):
-    proc = _demo(tmp_path, "--epochs", "0")
+def test_demo_rejects_bad_settings(tmp_path, capsys):
+    proc = _demo_here(tmp_path, capsys, "--epochs", "0")
     assert proc.returncode == 2
     assert "--epochs must be >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_demo_refuses_runs_made_from_other_data(tmp_path):
+def test_demo_refuses_runs_made_from_other_data(tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "demo.json").write_text(json.dumps({"data": str(tmp_path / "elsewhere"), "quick": True}))
-    proc = _demo(tmp_path)
+    proc = _demo_here(tmp_path, capsys)
     assert proc.returncode == 2
     assert "holds demo runs made with other settings" in proc.stderr and "another --out" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -79,7 +91,7 @@ def test_demo_refuses_runs_made_from_other_data(tmp_path):
 
 
 @pytest.mark.parametrize("stamped", ["other generator version", "before versions were stamped"])
-def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp_path, stamped):
+def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp_path, stamped, capsys):
     from synthetic.generator import generate
 
     data = generate(tmp_path / "data", pretrain_images=48, cls_train_per_class=4, cls_val_per_class=2,
@@ -91,7 +103,7 @@ def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp
     if stamped == "other generator version":
         stamp["dataset"] = {"version": meta["version"] - 1, "seed": meta["seed"], "sizes": meta["sizes"]}
     (runs / "demo.json").write_text(json.dumps(stamp))
-    proc = _demo(tmp_path)
+    proc = _demo_here(tmp_path, capsys)
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "other settings or other data" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((runs / "demo.json").read_text()) == stamp
@@ -129,8 +141,10 @@ def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tm
     assert json.loads(stamp.read_text()) == recorded
 
 
-def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path):
-    proc = _demo(tmp_path, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true")
+@pytest.mark.slow
+def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path, capsys):
+    proc = _demo_here(tmp_path, capsys, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true",
+                      "TRAIN.MAX_STEPS", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
     records = [json.loads(p.read_text()) for p in runs.rglob("record.json")]
@@ -148,8 +162,8 @@ def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_pa
     assert "| random init |" in (tmp_path / "tables" / "classification.md").read_text()
 
 
-def test_demo_rejects_an_odd_number_of_pretraining_overrides(tmp_path):
-    proc = _demo(tmp_path, "--pretrain-opts", "MODEL.CIFAR_STEM")
+def test_demo_rejects_an_odd_number_of_pretraining_overrides(tmp_path, capsys):
+    proc = _demo_here(tmp_path, capsys, "--pretrain-opts", "MODEL.CIFAR_STEM")
     assert proc.returncode == 2
     assert "--pretrain-opts takes KEY VALUE pairs" in proc.stderr
     assert "Traceback" not in proc.stderr
