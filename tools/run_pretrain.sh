@@ -38,7 +38,10 @@ if [ "$DATASET" = synthetic ] && [ ! -f "$ROOT/meta.json" ]; then
     "$PY" tools/make_synthetic.py --out "$ROOT"
 fi
 
-NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+NGPU=0  # no NVIDIA driver: skip asking torch (its start-up costs seconds on a small CPU)
+if command -v nvidia-smi >/dev/null 2>&1; then
+    NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+fi
 NNODES=${NNODES:-1}
 if [ "$NGPU" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
     NPROC=${NPROC_PER_NODE:-$(( NGPU > 0 ? NGPU : 1 ))}

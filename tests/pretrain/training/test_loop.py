@@ -10,20 +10,40 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pretrain.config import load_config
 from rimifm.errors import UserError
-from tests.helpers import REPO, make_image_folder, tiny_overrides
+from tests.helpers import REPO, make_image_folder, run_main, tiny_overrides
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain.py")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run(args, **kw):
+    """python tools/pretrain.py ARGS as a child process (for what needs a process of its own: kill, torchrun)."""
     return subprocess.run(PRETRAIN + args, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300, **kw)
+
+
+@pytest.fixture
+def run_here(capsys):
+    """The same command run by its main() in this process, one thread like the child processes:
+    (returncode, stdout, stderr) without a second start-up of torch."""
+    from pretrain.training.loop import main
+
+    def call(args):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            code, out, err = run_main(main, args, capsys)
+        finally:
+            torch.set_num_threads(threads)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return call
 
 
 def weights(path: Path) -> dict:
@@ -31,9 +51,9 @@ def weights(path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_record_metrics_and_knn(tiny_data, tmp_path):
+def test_record_metrics_and_knn(tiny_data, tmp_path, run_here):
     out = tmp_path / "run"
-    r = run(tiny_overrides(tiny_data, out, **{"RIM.ENABLED": "true", "IFM.ENABLED": "true", "TRAIN.KNN_PERIOD": "1",
+    r = run_here(tiny_overrides(tiny_data, out, **{"RIM.ENABLED": "true", "IFM.ENABLED": "true", "TRAIN.KNN_PERIOD": "1",
                                               "TRAIN.TENSORBOARD": "true"}))
     assert r.returncode == 0, r.stderr
     assert f"checkpoint: {out / 'checkpoints' / 'last.pth'}" in r.stdout
@@ -55,11 +75,11 @@ def test_record_metrics_and_knn(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_restart_ends_with_the_same_weights(tiny_data, tmp_path):
+def test_sigkill_then_restart_ends_with_the_same_weights(tiny_data, tmp_path, run_here):
     extra = {"TRAIN.EPOCHS": "3", "RIM.ENABLED": "true", "IFM.ENABLED": "true", "TRAIN.CHECKPOINT_PERIOD_STEPS": "1",
              "DATA.NUM_WORKERS": "1", "RIM.FILL": "noise"}
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    assert run(tiny_overrides(tiny_data, ref, **extra)).returncode == 0
+    assert run_here(tiny_overrides(tiny_data, ref, **extra)).returncode == 0
 
     proc = subprocess.Popen(PRETRAIN + tiny_overrides(tiny_data, killed, **extra), env=ENV, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,7 +94,7 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tiny_data, tmp_path):
     killed_at = torch.load(last, weights_only=True)["step"]
     assert killed_at < 9
 
-    r = run(tiny_overrides(tiny_data, killed, **extra))
+    r = run_here(tiny_overrides(tiny_data, killed, **extra))
     assert r.returncode == 0, r.stderr
     assert f"resumed from {last} at step" in r.stdout
     a, b = weights(ref / "checkpoints" / "last.pth"), weights(last)
@@ -85,16 +105,16 @@ def test_sigkill_then_restart_ends_with_the_same_weights(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_explicit_resume_and_finished_run_is_a_no_op(tiny_data, tmp_path):
+def test_explicit_resume_and_finished_run_is_a_no_op(tiny_data, tmp_path, run_here):
     first = tmp_path / "first"
-    assert run(tiny_overrides(tiny_data, first, **{"TRAIN.EPOCHS": "1"})).returncode == 0
+    assert run_here(tiny_overrides(tiny_data, first, **{"TRAIN.EPOCHS": "1"})).returncode == 0
     second = tmp_path / "second"
-    r = run(["--resume", str(first / "checkpoints" / "last.pth")] + tiny_overrides(tiny_data, second))
+    r = run_here(["--resume", str(first / "checkpoints" / "last.pth")] + tiny_overrides(tiny_data, second))
     assert r.returncode == 0, r.stderr
     assert "at step 3 (epoch 1)" in r.stdout
     assert json.loads((second / "record.json").read_text())["steps"] == 6
     before = json.loads((second / "record.json").read_text())
-    again = run(tiny_overrides(tiny_data, second))
+    again = run_here(tiny_overrides(tiny_data, second))
     assert again.returncode == 0 and "at step 6" in again.stdout
     assert "epoch 1/" not in again.stdout
     after = json.loads((second / "record.json").read_text())  # re-running a finished run keeps its figures
@@ -124,28 +144,29 @@ def _error(r):
     return r.stderr
 
 
-def test_cli_errors_are_one_clean_line(tiny_data, tmp_path):
+def test_cli_errors_are_one_clean_line(tiny_data, tmp_path, run_here):
+    # by path, as a user types it: one `error:` line, exit 2, no traceback
     assert "RATIOO" in _error(run(tiny_overrides(tiny_data, tmp_path / "a") + ["RIM.RATIOO", "0.2"]))
     assert "per-process batch is 1" in _error(
-        run(tiny_overrides(tiny_data, tmp_path / "b", **{"IFM.ENABLED": "true", "DATA.BATCH_SIZE": "1"})))
+        run_here(tiny_overrides(tiny_data, tmp_path / "b", **{"IFM.ENABLED": "true", "DATA.BATCH_SIZE": "1"})))
     missing = tmp_path / "missing"
-    assert str(missing) in _error(run(tiny_overrides(tiny_data, tmp_path / "c", **{"DATA.ROOT": missing})))
+    assert str(missing) in _error(run_here(tiny_overrides(tiny_data, tmp_path / "c", **{"DATA.ROOT": missing})))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no images" in _error(run(tiny_overrides(tiny_data, tmp_path / "d", **{"DATA.ROOT": empty})))
+    assert "no images" in _error(run_here(tiny_overrides(tiny_data, tmp_path / "d", **{"DATA.ROOT": empty})))
 
 
 @pytest.mark.slow
-def test_unreadable_image_and_wrong_resume_errors(tiny_data, tmp_path):
+def test_unreadable_image_and_wrong_resume_errors(tiny_data, tmp_path, run_here):
     broken = make_image_folder(tmp_path / "broken", per_class=4)
     (broken / "class1" / "c1_002.png").write_bytes(b"not a png")
-    msg = _error(run(tiny_overrides(tiny_data, tmp_path / "e", **{"DATA.ROOT": broken, "DATA.NUM_WORKERS": "1"})))
+    msg = _error(run_here(tiny_overrides(tiny_data, tmp_path / "e", **{"DATA.ROOT": broken, "DATA.NUM_WORKERS": "1"})))
     assert "c1_002.png" in msg
 
     out = tmp_path / "f"
-    assert run(tiny_overrides(tiny_data, out, **{"TRAIN.EPOCHS": "1"})).returncode == 0
-    assert "simsiam" in _error(run(tiny_overrides(tiny_data, out, **{"METHOD": "simsiam"})))
-    assert "resnet34" in _error(run(tiny_overrides(tiny_data, out, **{"MODEL.BACKBONE": "resnet34"})))
+    assert run_here(tiny_overrides(tiny_data, out, **{"TRAIN.EPOCHS": "1"})).returncode == 0
+    assert "simsiam" in _error(run_here(tiny_overrides(tiny_data, out, **{"METHOD": "simsiam"})))
+    assert "resnet34" in _error(run_here(tiny_overrides(tiny_data, out, **{"MODEL.BACKBONE": "resnet34"})))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
