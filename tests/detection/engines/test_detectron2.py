@@ -223,7 +223,7 @@ def test_check_runnable_stops_on_what_would_fail_later(tmp_path: Path) -> None:
 
 def test_torchvision_engine_matches_detectron2_on_the_same_weights(tmp_path: Path) -> None:
     """Same converted R18 -> same backbone feature maps and res5 head output; same anchors."""
-    from detection.engines.torchvision import engine as tv
+    from detection.engines.torchvision.checkpoint import load_backbone_pkl
     from detection.engines.torchvision.config import build_cfg as tv_build_cfg
     from detection.engines.torchvision.modeling import build_model as tv_build_model
 
@@ -235,7 +235,7 @@ def test_torchvision_engine_matches_detectron2_on_the_same_weights(tmp_path: Pat
         d2 = build_model(build_cfg(name, opts)).eval()
         DetectionCheckpointer(d2).load(str(path))
         ours = tv_build_model(tv_build_cfg(name, opts)).eval()
-        tv.load_backbone_pkl(ours, str(path))
+        load_backbone_pkl(ours, str(path))
         with torch.no_grad():
             fpn = "fpn" in name
             theirs = d2.backbone.bottom_up(x) if fpn else d2.backbone(x)

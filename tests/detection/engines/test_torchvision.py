@@ -19,9 +19,12 @@ import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
 from detection.engines.torchvision import engine as tv
+from detection.engines.torchvision.checkpoint import load_backbone_pkl
 from detection.engines.torchvision.config import build_cfg
 from detection.engines.torchvision.data import TrainMapper, batch_plan, load_train_dicts, resized_shape
-from detection.engines.torchvision.modeling import NaiveSyncBatchNorm2d, backbone_targets, build_model
+from detection.engines.torchvision.modeling import backbone_targets, build_model
+from detection.engines.torchvision.norms import NaiveSyncBatchNorm2d
+from detection.engines.torchvision.solver import build_optimizer, lr_factor
 from rimifm.errors import UserError
 from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
 from tests.helpers import REPO, converted_resnet_pkl
@@ -137,7 +140,7 @@ def test_r18_fpn_structure_norms_and_freeze_at(tmp_path: Path) -> None:
 def test_converted_backbone_fills_every_tensor(tmp_path: Path, config: str, arch: str) -> None:
     model = build_model(_cfg(config, tmp_path))
     path, source = _pkl(tmp_path, arch)
-    n = tv.load_backbone_pkl(model, str(path))
+    n = load_backbone_pkl(model, str(path))
     targets = backbone_targets(model)
     assert n == len(targets) == len(source)
     state = model.state_dict()
@@ -149,12 +152,12 @@ def test_a_backbone_of_the_wrong_depth_or_incomplete_is_an_error(tmp_path: Path)
     model = build_model(_cfg("synthetic_r18_fpn.yaml", tmp_path))
     path, _ = _pkl(tmp_path, "resnet34")
     with pytest.raises(UserError, match="does not fit the ResNet-18"):
-        tv.load_backbone_pkl(model, str(path))
+        load_backbone_pkl(model, str(path))
     conv = convert_checkpoint({"state_dict": torchvision.models.resnet18(weights=None).state_dict()})
     partial = {k: v for k, v in conv.model.items() if not k.startswith("res5.")}
     save_d2_pkl(partial, tmp_path / "partial.pkl")
     with pytest.raises(UserError, match=r"backbone tensor\(s\) not in the file"):
-        tv.load_backbone_pkl(model, str(tmp_path / "partial.pkl"))
+        load_backbone_pkl(model, str(tmp_path / "partial.pkl"))
 
 
 # ----------------------------------------------------------------------------- data and solver
@@ -169,11 +172,11 @@ def test_resize_plan_and_lr_schedule_follow_detectron2(det_synth: Path, tmp_path
     assert [x for _, x in a[2:]] == [x for _, x in b]  # resume sees the same batches
     assert all(len({dicts[i]["width"] > 20 for i, _ in batch}) == 1 for _, batch in a)  # one aspect group
     cfg = _cfg("synthetic_r18_fpn.yaml", tmp_path, "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(20, 30)")
-    assert tv.lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
-    assert tv.lr_factor(cfg, 5) == pytest.approx(0.5 * cfg.SOLVER.WARMUP_FACTOR + 0.5)
-    assert [tv.lr_factor(cfg, i) for i in (10, 19, 20, 30)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
+    assert lr_factor(cfg, 5) == pytest.approx(0.5 * cfg.SOLVER.WARMUP_FACTOR + 0.5)
+    assert [lr_factor(cfg, i) for i in (10, 19, 20, 30)] == pytest.approx([1, 1, 0.1, 0.01])
     model = build_model(cfg)
-    opt = tv.build_optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
                 for p in m.parameters(recurse=False)}
     for g in opt.param_groups:
@@ -263,8 +266,8 @@ _RANK_DUMP_LAUNCHER = """
 import sys
 sys.path.insert(0, {repo!r})
 import torch
-from detection.engines.torchvision import engine as tv
 from detection.engines.torchvision import data as tv_data
+from detection.engines.torchvision import loop as tv_loop
 from detection.train_net import main
 from rimifm.errors import run_cli
 
@@ -278,14 +281,14 @@ def logged_plan(*args, **kwargs):
             batches.append(batch)
         yield batch
 
-evaluate = tv.evaluate
+evaluate = tv_loop.evaluate
 
 def dump_then_evaluate(cfg, model, env):
     torch.save({{"model": model.state_dict(), "batches": batches}}, f"{{cfg.OUTPUT_DIR}}/rank{{env.rank}}.pt")
     return evaluate(cfg, model, env)
 
 tv_data.batch_plan = logged_plan
-tv.evaluate = dump_then_evaluate
+tv_loop.evaluate = dump_then_evaluate
 run_cli(main)
 """
 
