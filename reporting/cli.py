@@ -1,14 +1,17 @@
 """Make the result tables (Markdown, CSV, LaTeX) and plots from run records and published baselines.
 
 Usage: python tools/make_tables.py [RUNS_DIR ...] [--out results/] [--baselines results/baselines.csv]
-Reads every record.json under RUNS_DIR (default outputs/).
+Reads every record.json under RUNS_DIR (default outputs/); records that fail validation are listed
+(path and reason) here and in OUT/rejected.md, and --strict then exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from reporting.tables import DEFAULT_BASELINES, make_tables
+from reporting.baselines import DEFAULT_BASELINES
+from reporting.tables import REJECTED, make_tables
 from rimifm.cli import ArgumentParser
 from rimifm.errors import run_cli
 
@@ -22,29 +25,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default=str(DEFAULT_BASELINES),
                    help="published numbers (CSV, default results/baselines.csv of this checkout)")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any record was skipped")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any record was rejected (failed validation)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the tables, then print a summary and the classification and detection tables."""
+    """Write the tables, then print a summary, the rejected records and the classification and detection tables."""
     args = build_parser().parse_args(argv)
     result = make_tables(args.runs, args.out, args.baselines, plots=not args.no_plots)
-    summary = f"records: {result.found} found, {result.read} read, {len(result.skipped)} skipped"
-    if result.skipped:
-        summary += " (reasons above)"
+    rejected = result.rejected
+    summary = f"records: {result.found} found, {result.read} read, {len(rejected)} rejected"
+    if rejected and result.read:
+        summary += f" (listed in {args.out}/{REJECTED})"
     print(summary)
+    for r in rejected:
+        print(f"  rejected {r.path}: {r.reason}")
+    failed = 1 if args.strict and rejected else 0
     if not result.read:
         print(f"no usable run records under {', '.join(args.runs)}; nothing written to {args.out} "
               "(run pretraining / evaluation / detection first)")
-        return 1 if args.strict and result.skipped else 0
+        return failed
     print(f"tables and plots written to {args.out}/: {', '.join(result.files)}")
     for name in ("classification", "detection"):
         table = result.tables.get(name)
         print()
         print(table.markdown() if table else f"# {name}: no {name} records\n", end="")
-    return 1 if args.strict and result.skipped else 0
-
+    if failed:
+        print(f"--strict: {len(rejected)} record(s) rejected (listed above)", file=sys.stderr)
+    return failed
 
 
 def cli() -> None:

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -21,8 +21,7 @@ import matplotlib.style  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-if TYPE_CHECKING:
-    from reporting.tables import Run
+from reporting.runs import Run  # noqa: E402
 
 OURS_COLOUR, PUBLISHED_COLOUR = "#4C72B0", "#BBBBBB"
 CURVES = (("loss", "loss"), ("knn_top1", "kNN top-1 (%)"), ("z_std", "z_std (collapse monitor)"))

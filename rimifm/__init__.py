@@ -8,7 +8,8 @@ rimifm <- synthetic <- pretrain <- detection <- reporting <- demo <- tools):
 - seeding:         keyed per-step seeds and the global RNG state of a resume
 - distributed:     process-group facts (torchrun/DDP) and device resolution
 - config:          helpers for yacs/fvcore configs (dotted keys, overrides, hashing)
-- records:         the record.json schema of every run kind, its writer and its validator
+- records:         writing record.json (stable JSON, run ids, code version, peak memory)
+- schemas:         the record schema of every run kind (pretrain, knn, linear, detection) and its validator
 - resnet_weights:  ResNet tensor names (torchvision <-> detectron2) and checkpoint layout detection
 - cli:             argparse value types shared by the command-line tools
 """

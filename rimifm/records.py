@@ -1,4 +1,4 @@
-"""record.json: the one summary every run (pretrain, knn, linear, detection) ends by writing."""
+"""record.json: the one summary every run (pretrain, knn, linear, detection) ends by writing (schemas: rimifm/schemas.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from rimifm.io import atomic_write_text
+from rimifm.schemas import record_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +37,11 @@ def new_run_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-
-def write_record(path: str | os.PathLike, record: dict) -> Path:
-    """Write a record as sorted, indented JSON (stable bytes for the same content)."""
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+def write_record(path: str | os.PathLike, record: Any) -> Path:
+    """Write a record (a schema dataclass, or the dict record_to_dict made of one) as sorted, indented JSON
+    (stable bytes for the same content)."""
+    data = record if isinstance(record, dict) else record_to_dict(record)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return Path(path)
 
 

@@ -74,3 +74,10 @@ def test_console_scripts_resolve_to_callables():
         module, _, attr = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), name
 
+
+
+def test_no_source_module_is_a_catch_all():
+    """Source modules stay at a size a reader can hold; past ~400 lines one is split by concern."""
+    long = {str(p.relative_to(REPO)): n for pkg in ORDER for p in (REPO / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, f"modules over 450 lines: {long}"

@@ -1,8 +1,8 @@
 """Detection training engines behind one command line (detection/train_net.py).
 
 An engine is a module with `run(args: argparse.Namespace) -> dict | None` that trains and/or
-evaluates as the args say and writes the run's record.json. `detectron2` (d2_engine.py) is the
-reference; `torchvision` (torchvision_engine.py) runs the same configs without detectron2 and is
+evaluates as the args say and writes the run's record.json. `detectron2` (detectron2/engine.py) is the
+reference; `torchvision` (torchvision/engine.py) runs the same configs without detectron2 and is
 chosen by `auto` when detectron2 is not installed.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from detection.datasets import REGISTRY
 from rimifm.errors import UserError
 from rimifm.records import code_version, peak_memory_mb, write_record
 from rimifm.resnet_weights import load_d2_pkl
+from rimifm.schemas import DetectionRecord, record_to_dict
 
 METRIC_KEYS = ("AP", "AP50", "AP75")
 
@@ -37,39 +39,40 @@ def extract_metrics(results: Mapping[str, Any] | None, test_names: Sequence[str]
 def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None, iterations: int,
                      wall_time_s: float, seed: int, eval_only: bool, world_size: int = 1,
                      sec_per_iter: float | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The record.json content of one detection run (train or eval-only)."""
+    """The record.json content of one detection run (train or eval-only), built from the detection schema;
+    `extra` sets schema fields (start_iteration) or adds keys of its own."""
     test = list(cfg.DATASETS.TEST)
     per_dataset = extract_metrics(results, test)
     chash = config_hash(cfg)
     out_dir = Path(cfg.OUTPUT_DIR)
-    record = {
-        "run_id": f"detection-{out_dir.name}-{chash[:8]}-s{seed}{'-eval' if eval_only else ''}",
-        "kind": "detection",
-        "engine": engine,
-        "eval_only": eval_only,
-        "source_checkpoint": cfg.MODEL.WEIGHTS,
-        "protocol": protocol_string(cfg),
-        "backbone": f"R{cfg.MODEL.RESNETS.DEPTH}",
-        "dataset": {"train": list(cfg.DATASETS.TRAIN), "test": test},
-        "metrics": per_dataset.get(test[0], {}) if test else {},
-        "iterations": int(iterations),
-        "seed": int(seed),
-        "world_size": int(world_size),
-        "device": str(cfg.MODEL.DEVICE),
-        "wall_time_s": round(float(wall_time_s), 3),
-        "sec_per_iter": None if sec_per_iter is None else round(float(sec_per_iter), 4),
-        "peak_memory_mb": peak_memory_mb(str(cfg.MODEL.DEVICE)),
-        "output_dir": str(out_dir),
-        "config": config_to_dict(cfg),
-        "config_hash": chash,
-        "code_version": code_version(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if len(per_dataset) > 1:
-        record["metrics_per_dataset"] = per_dataset
-    if extra:
-        record.update(extra)
-    return record
+    named = {f.name for f in dataclasses.fields(DetectionRecord)} - {"extra"}
+    extra = dict(extra or {})
+    fields: dict[str, Any] = dict(
+        run_id=f"detection-{out_dir.name}-{chash[:8]}-s{seed}{'-eval' if eval_only else ''}",
+        engine=engine,
+        eval_only=eval_only,
+        source_checkpoint=cfg.MODEL.WEIGHTS,
+        protocol=protocol_string(cfg),
+        backbone=f"R{cfg.MODEL.RESNETS.DEPTH}",
+        dataset={"train": list(cfg.DATASETS.TRAIN), "test": test},
+        metrics=per_dataset.get(test[0], {}) if test else {},
+        iterations=int(iterations),
+        seed=int(seed),
+        world_size=int(world_size),
+        device=str(cfg.MODEL.DEVICE),
+        wall_time_s=round(float(wall_time_s), 3),
+        sec_per_iter=None if sec_per_iter is None else round(float(sec_per_iter), 4),
+        peak_memory_mb=peak_memory_mb(str(cfg.MODEL.DEVICE)),
+        output_dir=str(out_dir),
+        config=config_to_dict(cfg),
+        config_hash=chash,
+        code_version=code_version(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        metrics_per_dataset=per_dataset if len(per_dataset) > 1 else None,
+    )
+    fields.update((k, v) for k, v in extra.items() if k in named)
+    record = DetectionRecord(**fields, extra={k: v for k, v in extra.items() if k not in named})
+    return record_to_dict(record)
 
 
 def save_record(cfg: Any, record: Mapping[str, Any]) -> Path:

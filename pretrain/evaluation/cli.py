@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from pretrain.evaluation.run import DATASETS, run_evaluation
+from pretrain.evaluation.datasets import DATASETS
+from pretrain.evaluation.run import run_evaluation
 from rimifm.cli import ArgumentParser
 from rimifm.errors import run_cli
 
@@ -54,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_evaluation(vars(args))
     return 0
-
 
 
 def cli() -> None:

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pretrain.evaluation.accuracy import accuracy_metrics
+from rimifm.errors import UserError
+
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
@@ -49,3 +52,15 @@ def knn_top1(train_feats, train_labels, query_feats, query_labels, num_classes: 
     """Top-1 accuracy (%) of the weighted kNN classifier."""
     scores = knn_predict(train_feats, train_labels, query_feats, num_classes, k, temperature)
     return 100.0 * (scores.argmax(dim=1) == query_labels).float().mean().item()
+
+
+def knn_evaluate(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
+                 val_labels: torch.Tensor, num_classes: int, k: int = 200,
+                 temperature: float = 0.1) -> dict[str, float | None]:
+    """Weighted kNN (cosine, exp(sim / T) votes) top-1/top-5 on L2-normalised features."""
+    if k < 1:
+        raise UserError(f"--k must be >= 1 (got {k})")
+    if temperature <= 0:
+        raise UserError(f"--temperature must be > 0 (got {temperature})")
+    scores = knn_predict(train_feats, train_labels, val_feats, num_classes, k, temperature)
+    return accuracy_metrics(scores, val_labels, num_classes)

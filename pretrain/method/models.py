@@ -6,7 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+#: the ResNets build_backbone makes (pretraining offers 18/34/50; evaluation also loads ResNet-101 checkpoints)
+FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 
 
 def build_backbone(name: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
@@ -60,10 +61,6 @@ def simsiam_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048, 
 def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
     """SimSiam predictor: a bottleneck dim -> 512 -> dim, no BN on the output."""
     return mlp(dim, hidden_dim, dim, layers=2)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 @torch.no_grad()

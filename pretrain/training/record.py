@@ -1,4 +1,4 @@
-"""The record.json a pretraining run ends by writing."""
+"""The record.json a pretraining run ends by writing, built from the pretrain schema (rimifm/schemas.py)."""
 
 from __future__ import annotations
 
@@ -6,34 +6,35 @@ from pathlib import Path
 
 from pretrain.config import config_hash, config_to_dict
 from rimifm.records import peak_memory_mb
+from rimifm.schemas import PretrainRecord, record_to_dict
 
 
 def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images: int, world_size: int, device,
                     precision: str, history: dict, wall_time_s: float, code_version: str) -> dict:
     """Everything the tables need about one pretraining run (its metrics are the run's `history`)."""
     merged = config_to_dict(cfg)
-    return {
-        "run_id": f"pretrain-{out_dir.name}-{config_hash(cfg)[:8]}",
-        "kind": "pretrain",
-        "method": cfg.METHOD,
-        "rim": {k.lower(): v for k, v in merged["RIM"].items()},
-        "ifm": {k.lower(): v for k, v in merged["IFM"].items()},
-        "backbone": cfg.MODEL.BACKBONE,
-        "dataset": {"name": cfg.DATA.DATASET, "root": cfg.DATA.ROOT, "images": images},
-        "epochs": cfg.TRAIN.EPOCHS,
-        "steps": steps,
-        "seed": cfg.SEED,
-        "world_size": world_size,
-        "device": device.type,
-        "precision": precision,
-        "metrics": {k: v for k, v in history.items() if k not in ("train_time_s", "train_images")},
-        "config": merged,
-        "config_hash": config_hash(cfg),
-        "checkpoint": str(checkpoint),
-        "output_dir": str(out_dir),
-        "wall_time_s": round(wall_time_s, 3),
-        "images_per_s": (round(history["train_images"] / history["train_time_s"], 2)
-                         if history.get("train_time_s", 0) > 0 else None),
-        "peak_memory_mb": peak_memory_mb(device),
-        "code_version": code_version,
-    }
+    record = PretrainRecord(
+        run_id=f"pretrain-{out_dir.name}-{config_hash(cfg)[:8]}",
+        method=cfg.METHOD,
+        rim={k.lower(): v for k, v in merged["RIM"].items()},
+        ifm={k.lower(): v for k, v in merged["IFM"].items()},
+        backbone=cfg.MODEL.BACKBONE,
+        dataset={"name": cfg.DATA.DATASET, "root": cfg.DATA.ROOT, "images": images},
+        epochs=cfg.TRAIN.EPOCHS,
+        steps=steps,
+        seed=cfg.SEED,
+        world_size=world_size,
+        device=device.type,
+        precision=precision,
+        metrics={k: v for k, v in history.items() if k not in ("train_time_s", "train_images")},
+        config=merged,
+        config_hash=config_hash(cfg),
+        checkpoint=str(checkpoint),
+        output_dir=str(out_dir),
+        wall_time_s=round(wall_time_s, 3),
+        images_per_s=(round(history["train_images"] / history["train_time_s"], 2)
+                      if history.get("train_time_s", 0) > 0 else None),
+        peak_memory_mb=peak_memory_mb(device),
+        code_version=code_version,
+    )
+    return record_to_dict(record)

@@ -1,5 +1,6 @@
 """Result tables: hand-computed means/stds/deltas from a fixture of records, published rows only beside
-matching protocols, broken records reported and skipped, byte-identical regeneration, the CLI."""
+matching protocols, invalid records rejected (listed with path and reason, never dropped silently),
+byte-identical regeneration, the CLI."""
 
 from __future__ import annotations
 
@@ -12,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from reporting.tables import (
-    DEFAULT_BASELINES,
-    canon_backbone,
-    fmt,
-    latex_escape,
-    make_tables,
-    mean_std,
-    read_baselines,
-)
+from reporting.baselines import DEFAULT_BASELINES, read_baselines
+from reporting.groups import mean_std
+from reporting.render import fmt, latex_escape
+from reporting.runs import canon_backbone
+from reporting.tables import make_tables
 from rimifm.errors import UserError
 from tests.helpers import REPO
 
@@ -157,7 +154,7 @@ def test_helpers() -> None:
 def test_classification_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     messages: list[str] = []
     result = _make(runs, tmp_path / "out", baselines, messages, plots=False)
-    assert (result.found, result.read, len(result.skipped)) == (31, 29, 2)
+    assert (result.found, result.read, len(result.rejected)) == (31, 29, 2)
     rows = _rows(tmp_path / "out" / "classification.csv")
     by = {(r["protocol"], r["method"], r["from"]): r for r in rows}
     base = by[("kNN k=200 T=0.1", "BYOL", "ours")]
@@ -223,14 +220,19 @@ def test_ablation_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     assert rows["BYOL+RIM(ratio=0.5)"]["cifar10 linear n"] == "0"
 
 
-def test_broken_records_reported(runs: Path, baselines: Path, tmp_path: Path) -> None:
+def test_broken_records_rejected_and_listed(runs: Path, baselines: Path, tmp_path: Path) -> None:
     messages: list[str] = []
     result = _make(runs, tmp_path / "out", baselines, messages, plots=False)
     broken = str(runs / "eval" / "broken" / "record.json")
     no_top1 = str(runs / "eval" / "no-top1" / "record.json")
-    assert sorted(result.skipped) == sorted([broken, no_top1])
-    assert any(m.startswith(f"skipped {broken}: not valid JSON") for m in messages)
-    assert any(m.startswith(f"skipped {no_top1}: missing field 'metrics.top1'") for m in messages)
+    reasons = {r.path: r for r in result.rejected}
+    assert sorted(reasons) == sorted([broken, no_top1])
+    assert reasons[broken].reason.startswith("not valid JSON")
+    assert reasons[no_top1].reason == "missing field 'metrics.top1'" and reasons[no_top1].field == "metrics.top1"
+    listing = (tmp_path / "out" / "rejected.md").read_text()
+    assert "| runs/eval/broken/record.json | not valid JSON (" in listing
+    assert "| runs/eval/no-top1/record.json | missing field 'metrics.top1' |" in listing
+    assert "rejected.md" in result.files
     reeval = str(runs / "detection" / "reeval" / "record.json")
     assert any(m.startswith(f"{reeval}: re-evaluation of the model trained by ") for m in messages)
 
@@ -261,13 +263,15 @@ def test_cli(runs: Path, baselines: Path, tmp_path: Path) -> None:
     out = tmp_path / "tables"
     proc = _cli(runs, "--out", out, "--baselines", baselines, "--no-plots")
     assert proc.returncode == 0, proc.stderr
-    assert "records: 31 found, 29 read, 2 skipped" in proc.stdout
-    assert str(runs / "eval" / "broken" / "record.json") in proc.stderr
+    assert f"records: 31 found, 29 read, 2 rejected (listed in {out}/rejected.md)" in proc.stdout
+    assert f"rejected {runs / 'eval' / 'broken' / 'record.json'}: not valid JSON" in proc.stdout
+    assert f"rejected {runs / 'eval' / 'no-top1' / 'record.json'}: missing field 'metrics.top1'" in proc.stdout
     assert f"written to {out}/" in proc.stdout
     assert "# Classification" in proc.stdout and "# Detection" in proc.stdout
     assert "46.00 ± 1.00" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{t}.{e}" for t in ("classification", "detection", "ablation") for e in ("md", "csv", "tex"))
+        [f"{t}.{e}" for t in ("classification", "detection", "ablation") for e in ("md", "csv", "tex")]
+        + ["rejected.md"])
     assert _cli(runs, "--out", out, "--baselines", baselines, "--no-plots", "--strict").returncode == 1
 
 

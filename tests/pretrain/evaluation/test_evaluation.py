@@ -14,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.evaluation.knn import knn_predict
-from pretrain.evaluation.run import knn_evaluate, topk_accuracy, train_linear
+from pretrain.evaluation.accuracy import topk_accuracy
+from pretrain.evaluation.knn import knn_evaluate, knn_predict
+from pretrain.evaluation.linear import train_linear
+from rimifm.schemas import SCHEMA_VERSION, validate_record
 from tests.helpers import REPO, make_image_folder
 
 TOOL = REPO / "tools" / "eval_classification.py"
@@ -117,7 +119,10 @@ def _check_probe(feats: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def _record(out: Path) -> dict:
+    """The record.json the CLI wrote; it must pass the schema the tables read it with."""
     rec = json.loads((out / "record.json").read_text())
+    typed = validate_record(rec, out / "record.json")
+    assert typed.kind == rec["kind"] and rec["schema_version"] == SCHEMA_VERSION
     for key in ("run_id", "kind", "method", "rim", "ifm", "backbone", "seed", "dataset", "protocol", "metrics",
                 "checkpoint", "config", "config_hash", "wall_time_s", "code_version"):
         assert key in rec, key
@@ -219,7 +224,7 @@ def test_cli_bad_input_subprocess(tmp_path):
 def test_load_backbone_matches_checkpoint_weights(fake_checkpoints, tmp_path):
     """Online / target branches load bit-exact, and a detectron2 .pkl of the same branch gives the same net."""
     from detection.convert import convert_file
-    from pretrain.evaluation.run import load_backbone
+    from pretrain.evaluation.backbones import load_backbone
 
     ck = fake_checkpoints["byol"]
     model = torch.load(ck, weights_only=True)["model"]

@@ -1,0 +1,84 @@
+"""Published baselines (results/baselines.csv): others' numbers, each with its source, shown beside our runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from reporting.render import DASH
+from reporting.runs import canon_backbone
+from rimifm.errors import UserError
+from rimifm.records import REPO_ROOT
+
+DEFAULT_BASELINES = REPO_ROOT / "results" / "baselines.csv"
+BASELINE_COLUMNS = ("kind", "method", "pretrain_data", "pretrain_epochs", "backbone", "dataset", "protocol",
+                    "engine", "AP", "AP50", "AP75", "mask_AP", "top1", "unit", "note", "source")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published number set, with its source."""
+
+    kind: str
+    method: str
+    data: str
+    epochs: str
+    backbone: str
+    dataset: str
+    protocol: str
+    engine: str
+    metrics: tuple
+    note: str
+    source: str
+
+
+def read_baselines(path: str | os.PathLike) -> list[Published]:
+    """Parse the baselines CSV; a bad row is a UserError naming the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"baselines file {path} does not exist (pass --baselines FILE, or restore "
+                        "results/baselines.csv)")
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    with open(path) as fh:
+        header = next(csv.reader(fh), [])
+    missing = [c for c in BASELINE_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(BASELINE_COLUMNS)}")
+    out: list[Published] = []
+    for line, row in enumerate(rows, start=2):
+        def bad(col: str, why: str, line: int = line) -> UserError:
+            return UserError(f"{path} line {line}, column {col}: {why}")
+
+        if row["kind"] not in ("classification", "detection"):
+            raise bad("kind", f"{row['kind']!r} is not classification or detection")
+        for col in ("method", "protocol", "backbone", "dataset", "source"):
+            if not (row[col] or "").strip():
+                raise bad(col, "empty; every published number needs it")
+        scale = {"%": 1.0, "fraction": 100.0}.get(row["unit"])
+        if scale is None:
+            raise bad("unit", f"{row['unit']!r} is neither % nor fraction")
+        metrics = {}
+        for col in ("AP", "AP50", "AP75", "mask_AP", "top1"):
+            text = (row[col] or "").strip()
+            if not text:
+                continue
+            try:
+                metrics[col] = float(text) * scale
+            except ValueError:
+                raise bad(col, f"{text!r} is not a number") from None
+        needed = "AP" if row["kind"] == "detection" else "top1"
+        if needed not in metrics:
+            raise bad(needed, f"a {row['kind']} row needs a {needed} value")
+        if row["kind"] == "detection" and not row["engine"].strip():
+            raise bad("engine", "empty; detection numbers must name their engine")
+        out.append(Published(row["kind"], row["method"].strip(), row["pretrain_data"].strip() or DASH,
+                             row["pretrain_epochs"].strip() or DASH, canon_backbone(row["backbone"]),
+                             row["dataset"].strip(), row["protocol"].strip(), row["engine"].strip(),
+                             tuple(sorted(metrics.items())), row["note"].strip(), row["source"].strip()))
+    return out
+
+
+__all__ = ["BASELINE_COLUMNS", "DEFAULT_BASELINES", "Published", "read_baselines"]
