@@ -22,6 +22,7 @@ from detection.config import (
     merge_config,
     resolve_config_path,
 )
+from rimifm.config import get_dotted
 from rimifm.errors import UserError
 
 NORMS = ("", "BN", "SyncBN", "naiveSyncBN", "FrozenBN", "GN")
@@ -174,13 +175,6 @@ def get_default_config() -> CfgNode:
     return add_rimifm_config(cfg)
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -194,7 +188,7 @@ def is_fpn(cfg: Any) -> bool:
 
 def unsupported_keys(cfg: Any) -> list[str]:
     """'KEY = value (why)' for every key whose value this engine cannot honour."""
-    bad = [f"{k} = {_get(cfg, k)!r} (only {v!r} is supported)" for k, v in FIXED.items() if not _same(_get(cfg, k), v)]
+    bad = [f"{k} = {get_dotted(cfg, k)!r} (only {v!r} is supported)" for k, v in FIXED.items() if not _same(get_dotted(cfg, k), v)]
     m = cfg.MODEL
     if m.BACKBONE.NAME not in ("build_resnet_backbone", "build_resnet_fpn_backbone"):
         bad.append(f"MODEL.BACKBONE.NAME = {m.BACKBONE.NAME!r} (build_resnet_backbone or build_resnet_fpn_backbone)")
@@ -237,8 +231,8 @@ def unsupported_keys(cfg: Any) -> list[str]:
             bad.append(f"MODEL.ROI_BOX_HEAD.NAME = {m.ROI_BOX_HEAD.NAME!r} (FastRCNNConvFCHead)")
     else:
         for key in ("MODEL.RESNETS.OUT_FEATURES", "MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.IN_FEATURES"):
-            if list(_get(cfg, key)) != ["res4"]:
-                bad.append(f"{key} = {list(_get(cfg, key))} (the C4 model uses ['res4'])")
+            if list(get_dotted(cfg, key)) != ["res4"]:
+                bad.append(f"{key} = {list(get_dotted(cfg, key))} (the C4 model uses ['res4'])")
         if m.ROI_HEADS.NAME not in ("Res5ROIHeads", "Res5ROIHeadsExtraNorm"):
             bad.append(f"MODEL.ROI_HEADS.NAME = {m.ROI_HEADS.NAME!r} (Res5ROIHeads or Res5ROIHeadsExtraNorm "
                        "with the C4 backbone)")
