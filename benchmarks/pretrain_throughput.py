@@ -17,6 +17,7 @@ import torch
 from pretrain.config import load_config
 from pretrain.method.siamese import build_method
 from pretrain.training.optim import build_optimizer
+from rimifm.distributed import resolve_device
 
 VARIANTS = {"base": (False, False), "+RIM": (True, False), "+IFM": (False, True), "+RIM+IFM": (True, True)}
 
@@ -70,8 +71,7 @@ def main() -> None:
     p.add_argument("--cifar-stem", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args()
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
-                          else "cpu")
+    device = resolve_device(args.device)
     print(f"{args.method} {args.backbone}{' (CIFAR stem)' if args.cifar_stem else ''}, {args.image_size}px, "
           f"batch {args.batch}, {args.steps} timed steps on {device} ({torch.get_num_threads()} threads)")
     base = None

@@ -24,6 +24,7 @@ from torch import nn
 from pretrain.data.datasets import ImageFolderSource
 from pretrain.data.views import eval_transform
 from pretrain.method.models import FEATURE_DIMS, build_backbone
+from rimifm.distributed import resolve_device
 from rimifm.errors import UserError, run_cli
 from synthetic.generator import pretrain_classes, read_meta
 
@@ -50,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(a.data)
     meta = read_meta(root)
     size = int(meta["sizes"]["image_size"])
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if a.device == "auto" else a.device)
+    device = resolve_device(a.device)
 
     pre = ImageFolderSource(root / "pretrain")
     x = _load(pre, size)

@@ -61,6 +61,7 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
         assert f"| {method} |" in detection, f"{method} row missing from the detection table:\n{detection}"
     # the end of the output names the tables and prints them
     assert "demo finished" in proc.stdout and str(tables) in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("note: A demo of minutes on a CPU measures the pipeline")
     assert "| BYOL+RIM+IFM |" in proc.stdout
 
     # a second run reuses every finished step and regenerates the same tables

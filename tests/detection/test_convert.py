@@ -6,6 +6,7 @@ import argparse
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from rimifm.resnet_weights import (
     load_d2_pkl,
     save_d2_pkl,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, run_main
 
 ARCHS = {"resnet18": 18, "resnet50": 50}
 
@@ -405,10 +406,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_success_and_failure(tmp_path):
+def test_cli_success_and_failure(tmp_path, capsys):
+    from detection.convert import main
+
     torch.save(ours("resnet50"), tmp_path / "ckpt.pth")
     out = tmp_path / "sub" / "r50.pkl"
-    res = _cli(str(tmp_path / "ckpt.pth"), str(out), "--target")
+    code, stdout, stderr = run_main(main, [str(tmp_path / "ckpt.pth"), str(out), "--target"], capsys)
+    res = SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr)
     assert res.returncode == 0, res.stderr
     assert "prefix='target_backbone.'" in res.stdout and "depth=50" in res.stdout and "tensors=265" in res.stdout
     assert len(res.stdout.strip().splitlines()) == 1
@@ -418,7 +422,7 @@ def test_cli_success_and_failure(tmp_path):
     assert_same_arrays(data["model"], expected_d2(tiny_backbone("resnet50", 4, with_fc=False)))
     assert [p.name for p in out.parent.iterdir()] == ["r50.pkl"]  # no temp file left
 
-    bad = tmp_path / "bad.pkl"
+    bad = tmp_path / "bad.pkl"  # by path, as a user types it
     res = _cli(str(tmp_path / "ckpt.pth"), str(bad), "--depth", "18")
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr

@@ -1,14 +1,17 @@
-"""detection/train_net.py from the repo root, as users run it, with detectron2 hidden from the process."""
+"""detection/train_net.py as users run it, with detectron2 hidden: once by path in a child process, the
+other checks through its main() in this process (no second start-up of torch per check)."""
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, run_main
 
 # Runs train_net.py as __main__ with `import detectron2` failing, whether or not it is installed.
 _NO_D2 = """
@@ -30,7 +33,31 @@ def _run(*args: str, hide_d2: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
-def _assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+class _HideDetectron2(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "detectron2" or name.startswith("detectron2."):
+            raise ImportError("detectron2 hidden by the test")
+        return None
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    """train_net's main(ARGS) in this process with `import detectron2` failing (and no detectron2 module
+    already imported): (returncode, stdout, stderr)."""
+    from detection.train_net import main
+
+    for name in [m for m in sys.modules if m == "detectron2" or m.startswith("detectron2.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_HideDetectron2(), *sys.meta_path])
+
+    def call(*args: str) -> SimpleNamespace:
+        code, out, err = run_main(main, list(args), capsys)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return call
+
+
+def _assert_clean_error(proc, *fragments: str) -> str:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -47,24 +74,24 @@ def test_help_works_without_detectron2() -> None:
 
 
 @pytest.mark.parametrize("engine", ["torchvision", "auto"])
-def test_torchvision_engine_runs_without_detectron2_and_checks_its_input(engine: str) -> None:
-    proc = _run("--config", "voc_r50.yaml", "--engine", engine)
+def test_torchvision_engine_runs_without_detectron2_and_checks_its_input(engine: str, run_here) -> None:
+    proc = run_here("--config", "voc_r50.yaml", "--engine", engine)
     _assert_clean_error(proc, "voc_r50.yaml needs the backbone to fine-tune", "MODEL.WEIGHTS path/to/backbone.pkl")
 
 
-def test_torchvision_engine_lists_every_value_it_cannot_honour() -> None:
-    proc = _run("--config", "voc_r50.yaml", "--engine", "torchvision", "MODEL.MASK_ON", "True",
+def test_torchvision_engine_lists_every_value_it_cannot_honour(run_here) -> None:
+    proc = run_here("--config", "voc_r50.yaml", "--engine", "torchvision", "MODEL.MASK_ON", "True",
                 "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, True, True]", "MODEL.META_ARCHITECTURE", "X")
     line = _assert_clean_error(proc, "cannot honour 3 config value(s)", "MODEL.MASK_ON", "DEFORM_ON_PER_STAGE",
                                "MODEL.META_ARCHITECTURE")
     assert "--engine detectron2" in line
 
 
-def test_detectron2_engine_without_detectron2_is_a_clear_error() -> None:
-    proc = _run("--config", "voc_r50.yaml", "--engine", "detectron2")
+def test_detectron2_engine_without_detectron2_is_a_clear_error(run_here) -> None:
+    proc = run_here("--config", "voc_r50.yaml", "--engine", "detectron2")
     _assert_clean_error(proc, "detectron2 is not installed", "github.com/facebookresearch/detectron2")
 
 
-def test_unknown_config_is_a_clear_error_before_any_engine() -> None:
-    proc = _run("--config", "no_such_config.yaml", "--engine", "torchvision")
+def test_unknown_config_is_a_clear_error_before_any_engine(run_here) -> None:
+    proc = run_here("--config", "no_such_config.yaml", "--engine", "torchvision")
     _assert_clean_error(proc, "'no_such_config.yaml' not found", "voc_r50.yaml")

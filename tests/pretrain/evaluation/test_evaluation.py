@@ -9,6 +9,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,12 +19,31 @@ from pretrain.evaluation.accuracy import topk_accuracy
 from pretrain.evaluation.knn import knn_evaluate, knn_predict
 from pretrain.evaluation.linear import train_linear
 from rimifm.schemas import SCHEMA_VERSION, validate_record
-from tests.helpers import REPO, make_image_folder
+from tests.helpers import REPO, make_image_folder, run_main
 
 TOOL = REPO / "tools" / "eval_classification.py"
 
 
+@pytest.fixture
+def cli(capsys):
+    """tools/eval_classification.py ARGS run by its main() in this process (one thread, like the child
+    process of _cli): saves a Python and torch start-up per call."""
+    from pretrain.evaluation.cli import main
+
+    def call(*args):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            code, out, err = run_main(main, [str(a) for a in args], capsys)
+        finally:
+            torch.set_num_threads(threads)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return call
+
+
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The tool by path in a child process, as a user runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: one thread avoids contention on shared cores
     return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, timeout=300, env=env)
@@ -130,10 +150,10 @@ def _record(out: Path) -> dict:
     return rec
 
 
-def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path):
+def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path, cli):
     common = ["none", "--random-init", "--dataset", "imagefolder", "--root", colour_data, "--image-size", "16",
               "--device", "cpu", "--cache-dir", tmp_path / "cache"]
-    r = _cli(*common, "--protocol", "knn", "--k", "5", "--out", tmp_path / "knn")
+    r = cli(*common, "--protocol", "knn", "--k", "5", "--out", tmp_path / "knn")
     assert r.returncode == 0, r.stderr
     assert "features: train computed" in r.stdout and "kNN top-1" in r.stdout and "record: " in r.stdout
     assert "18 train / 9 val images" in r.stdout
@@ -144,7 +164,7 @@ def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path):
     assert len(cached) == 2
     mtimes = [p.stat().st_mtime_ns for p in cached]
 
-    r = _cli(*common, "--protocol", "linear", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin")
+    r = cli(*common, "--protocol", "linear", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("loaded from cache") == 2 and "features: train computed" not in r.stdout
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
@@ -152,37 +172,37 @@ def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path):
     assert rec["kind"] == "linear" and rec["metrics"]["top1"] > 60.0 and rec["metrics"]["top5"] is None
     assert rec["config_hash"] != _record(tmp_path / "knn")["config_hash"]
 
-    r = _cli(*common, "--protocol", "linear", "--epochs", "2", "--augment", "--out", tmp_path / "aug")
+    r = cli(*common, "--protocol", "linear", "--epochs", "2", "--augment", "--out", tmp_path / "aug")
     assert r.returncode == 0, r.stderr
     assert "augmented" in r.stdout and _record(tmp_path / "aug")["protocol"]["augment"] is True
 
 
-def test_cli_our_checkpoint_online_and_target(colour_data, fake_checkpoints, tmp_path):
+def test_cli_our_checkpoint_online_and_target(colour_data, fake_checkpoints, tmp_path, cli):
     ck = fake_checkpoints["byol"]
     common = [ck, "--dataset", "imagefolder", "--train-dir", colour_data / "train", "--val-dir",
               colour_data / "val", "--protocol", "knn", "--k", "3", "--device", "cpu"]
-    r = _cli(*common, "--out", tmp_path / "online")
+    r = cli(*common, "--out", tmp_path / "online")
     assert r.returncode == 0, r.stderr
     rec = _record(tmp_path / "online")
     assert rec["method"] == "byol" and rec["seed"] == 7 and rec["rim"]["ENABLED"] is True
     assert rec["backbone"] == "resnet18" and rec["protocol"]["image_size"] == 16  # from the checkpoint config
     assert rec["checkpoint"] == str(ck) and rec["target"] is False
-    r = _cli(*common, "--target", "--out", tmp_path / "target")
+    r = cli(*common, "--target", "--out", tmp_path / "target")
     assert r.returncode == 0, r.stderr
     assert _record(tmp_path / "target")["target"] is True
     # the second call reused nothing across branches (different cache keys), and a repeat reuses its cache
-    r = _cli(*common, "--target", "--out", tmp_path / "target")
+    r = cli(*common, "--target", "--out", tmp_path / "target")
     assert r.returncode == 0 and r.stdout.count("loaded from cache") == 2
 
 
-def test_cli_third_party_layout(colour_data, tmp_path):
+def test_cli_third_party_layout(colour_data, tmp_path, cli):
     """A MoCo-style checkpoint (module.encoder_q. prefix, with fc) loads through convert.py's detection."""
     import torchvision
 
     net = torchvision.models.resnet18(weights=None)
     ck = tmp_path / "moco.pth.tar"
     torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in net.state_dict().items()}, "epoch": 1}, ck)
-    r = _cli(ck, "--dataset", "imagefolder", "--root", colour_data, "--protocol", "knn", "--image-size", "16",
+    r = cli(ck, "--dataset", "imagefolder", "--root", colour_data, "--protocol", "knn", "--image-size", "16",
              "--device", "cpu", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     rec = _record(tmp_path / "o")
