@@ -10,7 +10,8 @@ import torch
 
 from tests.helpers import make_image_folder
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist each worker gets one thread (the workers already fill the cores); alone, two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bash tools/run_pretrain.sh [CONFIG] [KEY VALUE ...]
 #   CONFIG: a YAML path or a name in pretrain/configs/ (default: synthetic_byol.yaml).
-#   Makes the synthetic set first when the config uses it and it is missing.
+#   Makes the synthetic set first when the config uses it and it is missing (MAKE_SYNTHETIC_OPTS, e.g.
+#   "--pretrain-images 512", passes size options to tools/make_synthetic.py).
 #   With several visible GPUs it launches torchrun, one process per GPU; for several nodes set
 #   NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) on every node.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
-if ! "$PY" -c "import torch, torchvision, fvcore" 2>/dev/null; then
+# (find_spec: is it installed, without paying for importing torch)
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'torchvision', 'fvcore')))" 2>/dev/null; then
     bash tools/setup_env.sh
     PY=.venv/bin/python
 fi
@@ -35,7 +37,8 @@ PY
 read -r DATASET ROOT <<< "$info"
 if [ "$DATASET" = synthetic ] && [ ! -f "$ROOT/meta.json" ]; then
     echo "[run_pretrain] making the synthetic dataset in $ROOT"
-    "$PY" tools/make_synthetic.py --out "$ROOT"
+    # shellcheck disable=SC2086  # word splitting of the options is intended
+    "$PY" tools/make_synthetic.py --out "$ROOT" ${MAKE_SYNTHETIC_OPTS:-}
 fi
 
 NGPU=0  # no NVIDIA driver: skip asking torch (its start-up costs seconds on a small CPU)

@@ -145,7 +145,7 @@ def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tm
 @pytest.mark.slow
 def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path, capsys):
     proc = _demo_here(tmp_path, capsys, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true",
-                      "TRAIN.MAX_STEPS", "1")
+                      "TRAIN.MAX_STEPS", "1", "TRAIN.KNN_PERIOD", "0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
     records = [json.loads(p.read_text()) for p in runs.rglob("record.json")]

