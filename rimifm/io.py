@@ -56,6 +56,25 @@ def atomic_pickle(obj: Any, path: str | os.PathLike, protocol: int = 4) -> Path:
     return atomic_write(path, lambda fh: pickle.dump(obj, fh, protocol=protocol))
 
 
+def trim_json_lines(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSON-lines log (atomically) with only the rows `keep` accepts, dropping lines torn by a kill:
+    how a resumed run forgets what it logged after its checkpoint."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            kept.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
 def clean_stale_tmp(folder: str | os.PathLike) -> None:
     """Remove temporary files an earlier, killed process left in `folder` (names as atomic_write makes)."""
     folder = Path(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pretrain.data.datasets import EvalDataset
 from pretrain.evaluation.knn import extract_features, knn_top1
-from rimifm.io import atomic_write_text
+from rimifm.io import trim_json_lines
 
 
 class MetricsLog:
@@ -20,16 +20,7 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        if self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill
-                if row.get("step", 0) <= resume_step:
-                    kept.append(line)
-            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        trim_json_lines(self.path, lambda row: row.get("step", 0) <= resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

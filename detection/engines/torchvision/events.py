@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rimifm.io import atomic_write_text
+from rimifm.io import trim_json_lines
 
 logger = logging.getLogger("detection")
 
@@ -24,15 +24,7 @@ class EventLog:
         self.tb = None
         if not enabled:
             return
-        if self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("iteration", 0) < start_iter:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue
-            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        trim_json_lines(self.path, lambda row: row.get("iteration", 0) < start_iter)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
