@@ -7,6 +7,7 @@ rimifm <- synthetic <- pretrain <- detection <- reporting <- demo <- tools):
 - io:              atomic writes and safe (weights_only) checkpoint loading
 - seeding:         keyed per-step seeds and the global RNG state of a resume
 - distributed:     process-group facts (torchrun/DDP) and device resolution
+- events:          a run's metrics log (JSON lines + TensorBoard), cut back to the resume point on restart
 - config:          helpers for yacs/fvcore configs (dotted keys, overrides, hashing)
 - records:         writing record.json (stable JSON, run ids, code version, peak memory)
 - schemas:         the record schema of every run kind (pretrain, knn, linear, detection) and its validator

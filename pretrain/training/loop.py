@@ -23,11 +23,12 @@ from pretrain.data.datasets import EpochSampler, TwoViewDataset, build_splits
 from pretrain.data.views import byol_view_specs
 from pretrain.method.siamese import build_method
 from pretrain.training.checkpoint import FORMAT, FORMAT_VERSION, check_compatible
-from pretrain.training.monitoring import MetricsLog, online_knn, progress_bar
+from pretrain.training.monitoring import online_knn, progress_bar
 from pretrain.training.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.record import pretrain_record
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError
+from rimifm.events import JsonLinesLog
 from rimifm.io import atomic_torch_save, atomic_write_text, clean_stale_tmp, load_checkpoint
 from rimifm.records import code_version, write_record
 from rimifm.seeding import STREAM_IFM, STREAM_RIM, rng_state, set_rng_state, step_seed
@@ -113,7 +114,7 @@ class PretrainRun:
         self.progress = Progress()
         self.code_version = code_version()
         self.session_start = time.perf_counter()
-        self.log: MetricsLog | None = None
+        self.log: JsonLinesLog | None = None
         self.trained: torch.nn.Module = self.model
 
     # ------------------------------------------------------------------ set-up
@@ -206,7 +207,9 @@ class PretrainRun:
         if env.world > 1:
             ddp_kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, **ddp_kwargs)
-        self.log = MetricsLog(self.out_dir, p.step, env.main, self.cfg.TRAIN.TENSORBOARD)
+        # metrics.jsonl: one line per LOG_PERIOD steps and per kNN evaluation; TensorBoard scalars in tb/
+        self.log = JsonLinesLog(self.out_dir / "metrics.jsonl", "step", p.step + 1, env.main,
+                                self.out_dir / "tb" if self.cfg.TRAIN.TENSORBOARD else None, "pretrain/", ("epoch",))
         self.session_start = time.perf_counter()
         if p.step == 0:
             self.knn(epoch=0, key="knn_top1_init")
@@ -305,7 +308,7 @@ class PretrainRun:
         if momentum is not None:
             row["momentum"] = momentum
         self.progress.history.update({k: row[k] for k in ("loss", "base_loss", "z_std", "ifm_loss") if k in row})
-        self.log.log(row)
+        self.log.write(row)
         return row
 
     def knn(self, epoch: int, key: str = "knn_top1") -> float | None:
@@ -315,7 +318,7 @@ class PretrainRun:
         acc = online_knn(self.model, self.splits, self.cfg, self.device)
         if acc is not None:
             self.progress.history[key] = acc
-            self.log.log({"step": self.progress.step, "epoch": epoch, "knn_top1": acc})
+            self.log.write({"step": self.progress.step, "epoch": epoch, "knn_top1": acc})
             if epoch == 0:
                 print(f"kNN top-1 at initialisation: {acc:.2f}%")
         return acc

@@ -14,7 +14,7 @@ augmentations are keyed by stream position, so a resumed run continues exactly a
 one. See modeling.py for the known differences to detectron2.
 
 This module holds the entry (`run`) and the processes; the parts live beside it: solver.py,
-checkpoint.py, events.py, precise_bn.py, inference.py, loop.py (and the model in modeling.py).
+checkpoint.py, precise_bn.py, inference.py, loop.py (and the model in modeling.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import math
 import statistics
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,6 @@ from detection.engines.torchvision.checkpoint import (
     save_checkpoint,
 )
 from detection.engines.torchvision.data import load_train_dicts, train_loader
-from detection.engines.torchvision.events import EventLog
 from detection.engines.torchvision.inference import evaluate
 from detection.engines.torchvision.modeling import build_model
 from detection.engines.torchvision.norms import swap_sync_bn
@@ -33,6 +33,7 @@ from detection.engines.torchvision.precise_bn import precise_bn
 from detection.engines.torchvision.solver import build_optimizer, lr_factor, set_lr
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError
+from rimifm.events import JsonLinesLog
 from rimifm.seeding import STREAM_DETECTION, step_seed
 
 LOG_PERIOD = 20  # detectron2's PeriodicWriter period
@@ -86,7 +87,8 @@ def train(cfg: Any, args: argparse.Namespace, env: Distributed, seed: int) -> tu
     max_iter = cfg.SOLVER.MAX_ITER
     ddp_model = _ddp(model, env)
     dicts = load_train_dicts(cfg)
-    log = EventLog(cfg, start_iter, env.main)
+    # metrics.json and TensorBoard events in OUTPUT_DIR, as detectron2 writes them
+    log = JsonLinesLog(Path(cfg.OUTPUT_DIR) / "metrics.json", "iteration", start_iter, env.main, cfg.OUTPUT_DIR)
     results: Any = None
     times: list[float] = []
     if start_iter >= max_iter:
