@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -246,21 +247,19 @@ class Demo:
         print(f"note: {WHAT_IT_SHOWS}")
 
 
+#: the module whose main(argv) each user command of the chain runs
+_STEP_MODULES = {
+    "tools/pretrain.py": "pretrain.training.loop",
+    "tools/eval_classification.py": "pretrain.evaluation.cli",
+    "tools/convert_to_d2.py": "detection.convert",
+    "detection/train_net.py": "detection.train_net",
+    "tools/make_tables.py": "reporting.cli",
+}
+
+
 def _step_main(script: str) -> Callable[[list[str]], int | None]:
     """The main(argv) behind a user command of the chain (imported when first needed)."""
-    if script == "tools/pretrain.py":
-        from pretrain.training.loop import main
-    elif script == "tools/eval_classification.py":
-        from pretrain.evaluation.cli import main
-    elif script == "tools/convert_to_d2.py":
-        from detection.convert import main
-    elif script == "detection/train_net.py":
-        from detection.train_net import main
-    elif script == "tools/make_tables.py":
-        from reporting.cli import main
-    else:
-        raise ValueError(f"no demo step runs {script}")
-    return main
+    return importlib.import_module(_STEP_MODULES[script]).main
 
 
 def _check_out_folder(s: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,17 +59,32 @@ def converted_resnet_pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, np.
     return path, conv.model, state
 
 
-def run_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
+
+class MainResult(NamedTuple):
+    """What run_main gives back: the fields of subprocess.CompletedProcess the tests read."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(main, argv: list, capsys, threads: int | None = None) -> MainResult:
     """Run a command's main(argv) in this process as its console script would (rimifm.errors.run_cli: a
-    UserError is one `error:` line and exit 2): (exit code, stdout, stderr). Saves a Python and torch
-    start-up per call compared with a subprocess."""
+    UserError is one `error:` line and exit 2). Saves a Python and torch start-up per call compared with a
+    subprocess. `threads`: torch threads for the call (1 = as the child processes with OMP_NUM_THREADS=1)."""
     import pytest
 
     from rimifm.errors import run_cli
 
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(argv))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: main([str(a) for a in argv]))
+    finally:
+        torch.set_num_threads(before)
     out, err = capsys.readouterr()
     code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
+    return MainResult(code if isinstance(code, int) else 1, out, err)

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -25,10 +24,9 @@ def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-def _demo_here(tmp_path: Path, capsys, *extra: str) -> SimpleNamespace:
+def _demo_here(tmp_path: Path, capsys, *extra: str):
     """The same, run by the demo's main() in this process (no second start-up of torch)."""
-    code, out, err = run_main(runner.main, _argv(tmp_path, *extra), capsys)
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run_main(runner.main, _argv(tmp_path, *extra), capsys)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import argparse
 import pickle
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -411,8 +410,7 @@ def test_cli_success_and_failure(tmp_path, capsys):
 
     torch.save(ours("resnet50"), tmp_path / "ckpt.pth")
     out = tmp_path / "sub" / "r50.pkl"
-    code, stdout, stderr = run_main(main, [str(tmp_path / "ckpt.pth"), str(out), "--target"], capsys)
-    res = SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr)
+    res = run_main(main, [tmp_path / "ckpt.pth", out, "--target"], capsys)
     assert res.returncode == 0, res.stderr
     assert "prefix='target_backbone.'" in res.stdout and "depth=50" in res.stdout and "tensors=265" in res.stdout
     assert len(res.stdout.strip().splitlines()) == 1

@@ -7,7 +7,6 @@ import importlib.abc
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
@@ -50,11 +49,7 @@ def run_here(monkeypatch, capsys):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [_HideDetectron2(), *sys.meta_path])
 
-    def call(*args: str) -> SimpleNamespace:
-        code, out, err = run_main(main, list(args), capsys)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return call
+    return lambda *args: run_main(main, list(args), capsys)
 
 
 def _assert_clean_error(proc, *fragments: str) -> str:

@@ -9,7 +9,6 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,16 +29,7 @@ def cli(capsys):
     process of _cli): saves a Python and torch start-up per call."""
     from pretrain.evaluation.cli import main
 
-    def call(*args):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            code, out, err = run_main(main, [str(a) for a in args], capsys)
-        finally:
-            torch.set_num_threads(threads)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return call
+    return lambda *args: run_main(main, list(args), capsys, threads=1)
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,16 +33,7 @@ def run_here(capsys):
     (returncode, stdout, stderr) without a second start-up of torch."""
     from pretrain.training.loop import main
 
-    def call(args):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            code, out, err = run_main(main, args, capsys)
-        finally:
-            torch.set_num_threads(threads)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return call
+    return lambda args: run_main(main, args, capsys, threads=1)
 
 
 def weights(path: Path) -> dict:
