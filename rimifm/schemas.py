@@ -97,6 +97,17 @@ class PretrainRecord(_Record):
     output_dir: str | None = None
     images_per_s: float | None = None
     peak_memory_mb: float | None = None
+    #: solo-learn's online linear protocol: a classifier on detached backbone features trained during
+    #: pretraining, evaluated at the end on `num_val` clean validation images
+    online_linear: dict | None = _spec(None, keys={"top1": Sub(float, required=True, finite=True), "top5": METRIC,
+                                                   "num_val": Sub(int, required=True), "lr": Sub(float | None),
+                                                   "dataset": Sub(str | None)}, omit_none=True)
+
+
+#: the linear protocols a linear record may name (records without a name were the cached probe)
+LINEAR_PROTOCOLS = ("linear", "linear-cached")
+#: every classification protocol name the tables know (online-linear comes from pretraining records)
+CLASSIFICATION_PROTOCOLS = ("knn", "online-linear") + LINEAR_PROTOCOLS
 
 
 @dataclass(kw_only=True)
@@ -120,6 +131,8 @@ class _ClassificationRecord(_Record):
     num_train: int | None = None
     num_val: int | None = None
     checkpoint_sha256: str | None = None
+    #: --recompute-bn: BN statistics re-estimated on `images` clean training images before evaluation
+    recompute_bn: dict | None = _spec(None, keys={"images": Sub(int, required=True)}, omit_none=True)
 
 
 @dataclass(kw_only=True)
@@ -136,7 +149,8 @@ class LinearRecord(_ClassificationRecord):
     """Linear probe top-1/top-5; `protocol` holds its training settings and the image size."""
 
     kind: ClassVar[str] = "linear"
-    protocol: dict = _spec(keys={"epochs": Sub(int | None), "lr": Sub(float | None, finite=True),
+    protocol: dict = _spec(keys={"name": Sub(str | None), "recipe": Sub(str | None),
+                                 "epochs": Sub(int | None), "lr": Sub(float | None, finite=True),
                                  "optimizer": Sub(str | None), "batch_size": Sub(int | None),
                                  "weight_decay": Sub(float | None, finite=True),
                                  "augment": Sub(bool | None), "image_size": Sub(int | None)})
@@ -164,6 +178,9 @@ class DetectionRecord(_Record):
     output_dir: str | None = None
     finished_at: str | None = None
     metrics_per_dataset: dict | None = _spec(None, omit_none=True)
+    #: standard errors of the AP metrics from a bootstrap over test images (`resamples` draws)
+    metrics_se: dict | None = _spec(None, keys={"AP": METRIC, "AP50": METRIC, "AP75": METRIC,
+                                                "resamples": Sub(int | None)}, omit_none=True)
     start_iteration: int | None = _spec(None, omit_none=True)
 
 
@@ -305,5 +322,5 @@ def read_record(path: str | os.PathLike) -> Record:
     return validate_record(data, path)
 
 
-__all__ = ["SCHEMA_VERSION", "RECORD_KINDS", "RecordError", "PretrainRecord", "KnnRecord", "LinearRecord",
+__all__ = ["SCHEMA_VERSION", "RECORD_KINDS", "LINEAR_PROTOCOLS", "CLASSIFICATION_PROTOCOLS", "RecordError", "PretrainRecord", "KnnRecord", "LinearRecord",
            "DetectionRecord", "Record", "SCHEMAS", "record_to_dict", "validate_record", "read_record"]
