@@ -23,9 +23,18 @@ def simsiam_distance(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 DISTANCES = {"byol": byol_distance, "simsiam": simsiam_distance}
 
 
-def symmetric_loss(distance, p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-    """1/2 [D(p1, t2) + D(p2, t1)], averaged over the batch: each view predicts the other."""
-    return 0.5 * (distance(p1, t2).mean() + distance(p2, t1).mean())
+#: how each method combines its two directions, as published: BYOL adds them (L + L~, the paper's
+#: eq. 2 and solo-learn), SimSiam averages them (1/2 D(p1, z2) + 1/2 D(p2, z1), the paper's eq. 2)
+VIEW_SCALES = {"byol": 1.0, "simsiam": 0.5}
+
+
+def symmetric_loss(distance, p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                   scale: float = 0.5) -> torch.Tensor:
+    """scale * [D(p1, t2) + D(p2, t1)], each term averaged over the batch: each view predicts the other.
+
+    `scale` is VIEW_SCALES[method]: 1 sums the two directions (BYOL), 1/2 averages them (SimSiam).
+    """
+    return scale * (distance(p1, t2).mean() + distance(p2, t1).mean())
 
 
 def mixed_target_loss(

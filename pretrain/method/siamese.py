@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.method import ifm as ifm_ops
-from pretrain.method.losses import DISTANCES, mixed_target_loss, symmetric_loss
+from pretrain.method.losses import DISTANCES, VIEW_SCALES, mixed_target_loss, symmetric_loss
 from pretrain.method.models import (
     build_backbone,
     byol_predictor,
@@ -63,6 +63,7 @@ class Siamese(nn.Module):
         self.rim = rim
         self.ifm = ifm
         self.distance = DISTANCES[self.name]
+        self.view_scale = VIEW_SCALES[self.name]  # BYOL sums its two directions, SimSiam averages them
 
     # -- the target branch: BYOL uses EMA copies, SimSiam the online nets under stop-gradient --
     def target_nets(self) -> tuple[nn.Module, nn.Module]:
@@ -108,7 +109,7 @@ class Siamese(nn.Module):
                 th1, th2 = t_backbone(t1), t_backbone(t2)
                 tz1, tz2 = t_projector(th1), t_projector(th2)
 
-        base = symmetric_loss(self.distance, p1, p2, tz1, tz2)
+        base = symmetric_loss(self.distance, p1, p2, tz1, tz2, self.view_scale)
         out = {"base_loss": base.detach()}
         loss = base
         if self.ifm.enabled and ifm_active and self.ifm.weight > 0:
@@ -122,7 +123,7 @@ class Siamese(nn.Module):
         return out
 
     def _ifm_loss(self, online, target, t_projector: nn.Module, seed: int) -> torch.Tensor:
-        """L_IFM = 1/2 [D(phat1, sg zhat'2) + D(phat2, sg zhat'1)] with one (lambda, partner) draw."""
+        """L_IFM = s [D(phat1, sg zhat'2) + D(phat2, sg zhat'1)], s the base loss's view scale, one (lambda, partner) draw."""
         h1, h2, z1, z2 = online
         th1, th2, tz1, tz2 = target
         s = self.ifm
@@ -138,8 +139,8 @@ class Siamese(nn.Module):
             ph2 = self.predictor(ifm_ops.mix(z2, lam, perm))
 
         if s.target == "loss":
-            return 0.5 * (mixed_target_loss(self.distance, ph1, tz2, lam, perm).mean()
-                          + mixed_target_loss(self.distance, ph2, tz1, lam, perm).mean())
+            return self.view_scale * (mixed_target_loss(self.distance, ph1, tz2, lam, perm).mean()
+                                      + mixed_target_loss(self.distance, ph2, tz1, lam, perm).mean())
         with torch.no_grad():
             if s.target == "output":
                 tt1, tt2 = ifm_ops.mix_normalised(tz1, lam, perm), ifm_ops.mix_normalised(tz2, lam, perm)
@@ -148,7 +149,7 @@ class Siamese(nn.Module):
                 tt2 = t_projector(ifm_ops.mix(th2, lam, perm))
             else:
                 tt1, tt2 = ifm_ops.mix(tz1, lam, perm), ifm_ops.mix(tz2, lam, perm)
-        return symmetric_loss(self.distance, ph1, ph2, tt1, tt2)
+        return symmetric_loss(self.distance, ph1, ph2, tt1, tt2, self.view_scale)
 
 
 class BYOL(Siamese):

@@ -23,6 +23,29 @@ def test_symmetric_loss_pairs_each_view_with_the_other():
     # p1 vs t2 (orthogonal) = 2, p2 vs t1 (orthogonal) = 2
     assert symmetric_loss(byol_distance, p1, p2, t1, t2).item() == pytest.approx(2.0)
     assert symmetric_loss(byol_distance, p1, p2, t2, t1).item() == pytest.approx(0.0)
+    assert symmetric_loss(byol_distance, p1, p2, t1, t2, scale=1.0).item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam"])
+def test_base_loss_has_the_published_scale(method):
+    """BYOL's loss is L + L~ (its eq. 2, and solo-learn): the sum of the two directions; SimSiam's is their mean."""
+    from pretrain.config import load_config
+    from pretrain.method.siamese import build_method
+
+    cfg = load_config(None, ["METHOD", method, "MODEL.PROJ_HIDDEN_DIM", "32", "MODEL.PROJ_OUTPUT_DIM", "16",
+                             "MODEL.PRED_HIDDEN_DIM", "8"])
+    torch.manual_seed(0)
+    model = build_method(cfg).eval()  # eval: BN uses running stats, so one pass per view is reproducible
+    v1, v2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    out = model(v1, v2)
+    tb, tp = model.target_nets()
+    with torch.no_grad():
+        p1, p2 = model.predictor(model.projector(model.backbone(v1))), model.predictor(model.projector(model.backbone(v2)))
+        z1, z2 = tp(tb(v1)), tp(tb(v2))
+    dist = byol_distance if method == "byol" else simsiam_distance
+    directions = dist(p1, z2).mean() + dist(p2, z1).mean()
+    expected = directions if method == "byol" else 0.5 * directions
+    assert out["base_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_ema_update_params_and_buffers():
