@@ -65,10 +65,13 @@ def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- m * target + (1 - m) * online for parameters; buffers (BN statistics) are copied."""
+    """target <- m * target + (1 - m) * online for parameters only.
+
+    Buffers (BN running statistics) are *not* copied: as in BYOL, the target keeps its own, updated by
+    its own forward passes. With RIM the online statistics come from masked images, which the target
+    (fed clean views) never sees, so copying them would give the target statistics of the wrong inputs.
+    """
     t_params = list(target.parameters())
     o_params = list(online.parameters())
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)

@@ -48,7 +48,7 @@ def test_base_loss_has_the_published_scale(method):
     assert out["base_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_ema_update_params_and_buffers():
+def test_ema_update_averages_params_and_keeps_the_target_buffers():
     online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     target = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     with torch.no_grad():
@@ -60,7 +60,31 @@ def test_ema_update_params_and_buffers():
     ema_update(target, online, 0.9)
     for p in target.parameters():
         assert torch.allclose(p, torch.full_like(p, 0.1))
-    assert torch.equal(target[1].running_mean, online[1].running_mean)
+    assert torch.equal(target[1].running_mean, torch.zeros(2))  # its own statistics, not the online 3.0
+
+
+def test_byol_target_bn_statistics_come_from_its_own_clean_views():
+    """With RIM the online BN sees masked views; the target's running statistics must be those of the
+    clean views it is fed, after a step and its EMA update (BYOL keeps the target's own BN state)."""
+    import copy
+
+    from pretrain.config import load_config
+    from pretrain.method.siamese import build_method
+
+    cfg = load_config(None, ["METHOD", "byol", "MODEL.PROJ_HIDDEN_DIM", "32", "MODEL.PROJ_OUTPUT_DIM", "16",
+                             "MODEL.PRED_HIDDEN_DIM", "8", "RIM.ENABLED", "true", "RIM.PROB", "1.0",
+                             "RIM.RATIO", "0.75"])
+    torch.manual_seed(0)
+    model = build_method(cfg).train()
+    fresh_target = copy.deepcopy(model.target_backbone)
+    v1, v2 = torch.rand(6, 3, 16, 16) + 0.5, torch.rand(6, 3, 16, 16) + 0.5
+    model(v1, v2, rim_seed=1)
+    model.after_step(0.0)
+    with torch.no_grad():
+        fresh_target(v1), fresh_target(v2)  # the target's two clean-view calls, replayed
+    got, want = model.target_backbone.bn1.running_mean, fresh_target.bn1.running_mean
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(model.backbone.bn1.running_mean, want, atol=1e-3)  # online saw masked views
 
 
 def test_byol_momentum_schedule_is_cosine():
