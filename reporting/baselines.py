@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from reporting.protocols import split_protocol
 from reporting.render import DASH
 from reporting.runs import canon_backbone
 from rimifm.errors import UserError
@@ -33,6 +34,10 @@ class Published:
     metrics: tuple
     note: str
     source: str
+    #: a classification row's protocol name (knn, online-linear, linear, linear-cached) and the settings
+    #: after it ('k=200 T=0.1'); a detection row's protocol is the whole `protocol`
+    protocol_name: str = ""
+    settings: str = ""
 
 
 def read_baselines(path: str | os.PathLike) -> list[Published]:
@@ -74,10 +79,17 @@ def read_baselines(path: str | os.PathLike) -> list[Published]:
             raise bad(needed, f"a {row['kind']} row needs a {needed} value")
         if row["kind"] == "detection" and not row["engine"].strip():
             raise bad("engine", "empty; detection numbers must name their engine")
+        name, settings = "", ""
+        if row["kind"] == "classification":
+            try:
+                name, settings = split_protocol(row["protocol"])
+            except ValueError as exc:
+                raise bad("protocol", str(exc)) from None
         out.append(Published(row["kind"], row["method"].strip(), row["pretrain_data"].strip() or DASH,
                              row["pretrain_epochs"].strip() or DASH, canon_backbone(row["backbone"]),
                              row["dataset"].strip(), row["protocol"].strip(), row["engine"].strip(),
-                             tuple(sorted(metrics.items())), row["note"].strip(), row["source"].strip()))
+                             tuple(sorted(metrics.items())), row["note"].strip(), row["source"].strip(), name,
+                             settings))
     return out
 
 

@@ -18,8 +18,9 @@ from rimifm.errors import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the table maker."""
-    p = ArgumentParser(description="Tables and plots from record.json files: mean ± std over seeds, delta against "
-                            "the base method, published baselines beside runs of the same protocol.")
+    p = ArgumentParser(description="Tables and plots from record.json files: mean ± uncertainty (sd over seeds, or "
+                            "the SE of one run), delta against the base method (marked when within noise), "
+                            "published baselines beside runs of the same dataset, backbone and protocol.")
     p.add_argument("runs", nargs="*", default=["outputs"], help="folders searched for record.json (default outputs)")
     p.add_argument("--out", default="results", help="folder the tables and plots go to (default results)")
     p.add_argument("--baselines", default=str(DEFAULT_BASELINES),

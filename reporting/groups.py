@@ -1,4 +1,11 @@
-"""Runs of one experiment grouped over their seeds: mean ± std per metric, and the delta against the base method."""
+"""Runs of one experiment grouped over their seeds: each metric's mean and its uncertainty, and the delta
+against the base method with whether it lies within noise.
+
+The uncertainty of a mean is the sample std over seeds when there are two or more runs; for a single run
+it is the sampling error of its evaluation set, as the run's record gives it (`Run.se`: the binomial SE
+of a top-1 on the record's `num_val` images, or the bootstrap SE of an AP from the record's
+`metrics_se`), and unknown when the record gives none.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from reporting.render import DASH
-from reporting.runs import Pretraining, Run
+from reporting.runs import Pretraining, Run, binomial_se
+
+#: what an uncertainty is: std over seeds, binomial or bootstrap SE of one run's evaluation set, or unknown
+UNC_KINDS = ("sd", "se-binomial", "se-bootstrap", "unknown")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -27,6 +37,50 @@ def seed_text(seed: Any) -> str:
     return DASH if seed is None else str(seed)
 
 
+@dataclass(frozen=True)
+class Stat:
+    """A metric over the runs of one row: mean, its uncertainty (None: unknown), what that is, and n."""
+
+    mean: float
+    unc: float | None
+    kind: str  # one of UNC_KINDS
+    n: int
+
+
+def summarise(runs: Iterable[Run], metric: str) -> Stat | None:
+    """Mean and uncertainty of `metric` over runs (None when no run has it): the sample std for n >= 2,
+    the run's own SE for n == 1 (kind 'unknown' and no value when its record gives none)."""
+    having = [r for r in runs if metric in r.metrics]
+    if not having:
+        return None
+    m, s = mean_std([r.metrics[metric] for r in having])
+    if len(having) >= 2:
+        return Stat(m, s, "sd", len(having))
+    se = having[0].se.get(metric)
+    return Stat(m, None, "unknown", 1) if se is None else Stat(m, se[0], se[1], 1)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """mean(row) - mean(base row) and its combined uncertainty sqrt(u_a^2 + u_b^2) (None: one is unknown)."""
+
+    value: float
+    combined: float | None
+
+    @property
+    def within_noise(self) -> bool | None:
+        """|Δ| smaller than twice the combined uncertainty (a tie is not within); None when undecided."""
+        if self.combined is None:
+            return None
+        bound = 2.0 * self.combined
+        return abs(self.value) < bound and not math.isclose(abs(self.value), bound, rel_tol=1e-9, abs_tol=1e-12)
+
+    @property
+    def noise_text(self) -> str:
+        """The CSV word: within, outside or unknown."""
+        return {True: "within", False: "outside", None: "unknown"}[self.within_noise]
+
+
 @dataclass
 class Group:
     """Runs of one experiment differing only in their seed."""
@@ -35,12 +89,8 @@ class Group:
     eval_key: tuple
     runs: list[Run]
 
-    def stat(self, metric: str) -> tuple[float, float | None, int] | None:
-        vals = [r.metrics[metric] for r in self.runs if metric in r.metrics]
-        if not vals:
-            return None
-        m, s = mean_std(vals)
-        return m, s, len(vals)
+    def stat(self, metric: str) -> Stat | None:
+        return summarise(self.runs, metric)
 
     def seeds(self) -> str:
         return ";".join(sorted(seed_text(r.seed) for r in self.runs))
@@ -57,15 +107,24 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
     return groups
 
 
-def delta(group: Group, groups: dict[tuple, Group], metric: str) -> float | None:
-    """mean(row) - mean(base row): same method, no RIM/IFM, same backbone, data, epochs, recipe and evaluation."""
+def compare(group: Group, groups: dict[tuple, Group], metric: str) -> Delta | None:
+    """The delta of a row against its base row (same method, no RIM/IFM, same backbone, data, epochs,
+    recipe and evaluation), with the combined uncertainty of the two means; None without a base row."""
     if not group.pre.ours or group.pre.is_base:
         return None
     base = groups.get((group.pre.base(), group.eval_key))
     a, b = group.stat(metric), base.stat(metric) if base else None
     if a is None or b is None:
         return None
-    return a[0] - b[0]
+    combined = None if a.unc is None or b.unc is None else math.hypot(a.unc, b.unc)
+    return Delta(a.mean - b.mean, combined)
 
 
-__all__ = ["Group", "delta", "group_runs", "mean_std", "seed_text"]
+def delta(group: Group, groups: dict[tuple, Group], metric: str) -> float | None:
+    """mean(row) - mean(base row), or None (see compare)."""
+    d = compare(group, groups, metric)
+    return None if d is None else d.value
+
+
+__all__ = ["UNC_KINDS", "Delta", "Group", "Stat", "binomial_se", "compare", "delta", "group_runs", "mean_std",
+           "seed_text", "summarise"]

@@ -34,27 +34,35 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
+NOISE_HATCH, PUBLISHED_HATCH = "xx", "//"
+LEGEND = ("Error bars: sd over seeds (n >= 2) or SE of one run's evaluation set; none where unknown. "
+          "Hatched xx, ≈: Δ against the base row within noise (|Δ| < 2·combined uncertainty). Grey //: published.")
+
+
 def bar_chart(bars: Sequence[dict], title: str, path: Path) -> None:
-    """Horizontal bars with std error bars, one panel per section; published rows grey and hatched."""
+    """Horizontal bars with uncertainty error bars (`err`; None or 0: none), one panel per section;
+    published rows grey and hatched //, rows whose delta is within noise hatched xx (their label ends in ≈)."""
     sections: dict[str, list[dict]] = {}
     for bar in bars:
         sections.setdefault(bar["section"], []).append(bar)
     with matplotlib.style.context("default"):
         heights = [0.6 + 0.35 * len(v) for v in sections.values()]
-        fig = Figure(figsize=(9, 0.8 + sum(heights)))
+        height = 1.2 + sum(heights)
+        fig = Figure(figsize=(9, height))
         axes = fig.subplots(len(sections), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, (section, items) in zip(axes, sections.items()):
             ys = list(range(len(items)))[::-1]
             ax.barh(ys, [b["value"] for b in items],
                     color=[PUBLISHED_COLOUR if b["published"] else OURS_COLOUR for b in items],
                     edgecolor="black", linewidth=0.5)
-            spread = [(y, b) for y, b in zip(ys, items) if b["err"] > 0]
+            spread = [(y, b) for y, b in zip(ys, items) if b.get("err")]
             if spread:
                 ax.errorbar([b["value"] for _, b in spread], [y for y, _ in spread],
                             xerr=[b["err"] for _, b in spread], fmt="none", ecolor="black", capsize=3, linewidth=1)
             for y, b in zip(ys, items):
-                if b["published"]:
-                    ax.barh([y], [b["value"]], color="none", hatch="//", edgecolor="#666666", linewidth=0)
+                hatch = PUBLISHED_HATCH if b["published"] else NOISE_HATCH if b.get("within_noise") else None
+                if hatch:
+                    ax.barh([y], [b["value"]], color="none", hatch=hatch, edgecolor="#666666", linewidth=0)
             ax.set_yticks(ys)
             ax.set_yticklabels([b["label"] + (" (published)" if b["published"] else "") for b in items],
                                fontsize=8)
@@ -62,7 +70,8 @@ def bar_chart(bars: Sequence[dict], title: str, path: Path) -> None:
             ax.tick_params(axis="x", labelsize=8)
             ax.grid(axis="x", linewidth=0.3)
         fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
+        fig.text(0.01, 0.005, LEGEND, fontsize=6.5, ha="left", va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.4 / height, 1, 1))  # the legend's two lines below the panels
         _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""The table model and its Markdown, CSV and LaTeX text, with the fixed-digit number formats every table uses."""
+"""The table model and its Markdown, CSV and LaTeX text, with the fixed-digit number formats every table uses:
+a value with its uncertainty and what that is, and a delta with its within-noise mark."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import math
 from dataclasses import dataclass, field
 
 DASH = "-"
+#: the mark of a delta smaller than twice its combined uncertainty, and of one not decided (an unknown ±)
+NOISE_MARK, UNDECIDED_MARK = "≈", "?"
+#: the text of an unknown uncertainty
+UNKNOWN_PM = "±?"
 
 
 def fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -24,12 +29,23 @@ def num(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def mean_pm(stat: tuple[float, float | None, int] | None) -> str:
-    """'mean ± std' of a (mean, std, n) statistic; the mean alone for one value, '-' for none."""
+def stat_text(stat) -> str:
+    """A reporting.groups.Stat as '46.00 ± 1.00 (sd, n=3)' (std over seeds), '45.00 ± 0.30 (SE)' (one run,
+    sampling error of its evaluation set) or '45.00 ±?' (one run, no SE known); '-' for none."""
     if stat is None:
         return DASH
-    m, s, _ = stat
-    return fmt(m) if s is None else f"{fmt(m)} ± {fmt(s)}"
+    if stat.unc is None:
+        return f"{fmt(stat.mean)} {UNKNOWN_PM}"
+    kind = f"sd, n={stat.n}" if stat.kind == "sd" else "SE"
+    return f"{fmt(stat.mean)} ± {fmt(stat.unc)} ({kind})"
+
+
+def delta_text(d) -> str:
+    """A reporting.groups.Delta as '+4.00', '+0.40 ≈' (within noise) or '+0.40 ?' (undecided); '-' for none."""
+    if d is None:
+        return DASH
+    mark = {True: f" {NOISE_MARK}", False: "", None: f" {UNDECIDED_MARK}"}[d.within_noise]
+    return fmt(d.value, sign=True) + mark
 
 
 @dataclass
@@ -53,8 +69,8 @@ class Table:
         lines.append("| " + " | ".join(map(cell, self.columns)) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         lines += ["| " + " | ".join(map(cell, r)) + " |" for r in self.rows]
-        if self.notes:
-            lines += [""] + [f"{n}" for n in self.notes]
+        for note in self.notes:  # one paragraph each
+            lines += ["", note]
         return "\n".join(lines) + "\n"
 
     def csv_text(self) -> str:
@@ -69,17 +85,22 @@ class Table:
                  " & ".join(latex_escape(c) for c in self.columns) + " \\\\", "\\hline"]
         lines += [" & ".join(latex_escape(c) for c in r) + " \\\\" for r in self.rows]
         lines += ["\\hline", "\\end{tabular}"]
+        if self.notes:  # the legend under the table: what each ± and mark means
+            lines += ["\\par\\smallskip", "{\\footnotesize"] + [latex_escape(n) + "\\par" for n in self.notes] + ["}"]
         return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "Δ": r"$\Delta$", "→": r"$\rightarrow$"}
+                  "±": r"$\pm$", "Δ": r"$\Delta$", "→": r"$\rightarrow$", "≈": r"$\approx$", "·": r"$\cdot$",
+                  "≥": r"$\geq$", "²": r"$^2$",
+                  "<": r"$<$", ">": r"$>$", "|": r"$|$"}
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials (and write ± and Δ in math mode)."""
+    """Escape LaTeX specials (and write ±, Δ, ≈, ·, ≥, ², <, > and | in math mode)."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-__all__ = ["DASH", "Table", "fmt", "latex_escape", "mean_pm", "num"]
+__all__ = ["DASH", "NOISE_MARK", "UNDECIDED_MARK", "UNKNOWN_PM", "Table", "delta_text", "fmt", "latex_escape", "num",
+           "stat_text"]

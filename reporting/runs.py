@@ -2,7 +2,9 @@
 
 Every record.json is read through rimifm.schemas.read_record; a record that fails is kept as a
 Rejected (path and reason), never dropped silently. A valid record becomes a Run: its Pretraining
-identity (what was pretrained, apart from the seed), its seed, its metrics and its evaluation key.
+identity (what was pretrained, apart from the seed), its seed, its metrics, the standard errors its
+record gives for them, and its evaluation key. A pretraining record with an `online_linear` block gives
+a second Run: the "online-linear" classification of that pretraining run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reporting.protocols import linear_protocol_name
 from reporting.render import DASH
 from rimifm.errors import UserError
 from rimifm.records import stable_hash
@@ -24,6 +27,10 @@ from rimifm.schemas import DetectionRecord, KnnRecord, PretrainRecord, Record, R
 METHOD_NAMES = {"byol": "BYOL", "simsiam": "SimSiam"}
 RANDOM_INIT = "random init"
 DET_METRICS = ("AP", "AP50", "AP75", "mask_AP")
+#: the metrics a detection record's bootstrap `metrics_se` may give
+DET_SE_METRICS = ("AP", "AP50", "AP75")
+#: run kinds of the classification table
+CLASSIFICATION_KINDS = ("knn", "linear", "online-linear")
 #: pretraining config keys that do not change the learned weights (left out of the recipe hash)
 _NON_RECIPE_KEYS = {
     "SEED", "OUTPUT_DIR", "RIM", "IFM", "DATA.ROOT", "DATA.NUM_WORKERS", "DATA.KNN_TRAIN", "DATA.KNN_VAL",
@@ -100,6 +107,8 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     eval_key: tuple = ()
     folder: Path | None = None
+    #: metric -> (standard error, kind): 'se-binomial' for a top-1 on num_val images, 'se-bootstrap' for an AP
+    se: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,25 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def binomial_se(top1: float, num_val: int) -> float:
+    """Standard error (in % points) of a top-1 accuracy `top1` (%) measured on `num_val` images:
+    sqrt(p(1-p)/N) with p = top1/100."""
+    if num_val < 1:
+        raise ValueError(f"num_val must be >= 1 (got {num_val})")
+    p = min(max(top1 / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / num_val)
+
+
+def _top1_se(top1: float, num_val: Any, field_name: str) -> dict[str, tuple[float, str]]:
+    """The binomial SE of a top-1 on num_val images ({} when the record gives no num_val)."""
+    if num_val is None:
+        return {}
+    if num_val < 1:
+        raise RecordError(f"field '{field_name}' is {num_val}; it counts validation images, so it is >= 1",
+                          field_name)
+    return {"top1": (binomial_se(top1, num_val), "se-binomial")}
+
+
 def run_of(path: Path, rec: Record) -> Run:
     """What the tables need of one validated record."""
     run = Run(str(path), rec.kind, rec, seed=rec.seed, folder=path.parent)
@@ -164,30 +192,55 @@ def run_of(path: Path, rec: Record) -> Run:
     elif isinstance(rec, DetectionRecord):
         run.metrics = {key: float(rec.metrics[key]) for key in DET_METRICS if _finite(rec.metrics.get(key))}
         run.eval_key = (rec.protocol, canon_backbone(rec.backbone), rec.engine)
+        se = rec.metrics_se or {}
+        run.se = {key: (float(se[key]), "se-bootstrap") for key in DET_SE_METRICS
+                  if key in run.metrics and _finite(se.get(key))}
     else:
         settings = rec.protocol
         run.metrics["top1"] = float(rec.metrics["top1"])
         if isinstance(rec, KnnRecord):
-            family = f"kNN k={settings['k']} T={float(settings['temperature']):g}"
-            detail = family
+            name = "knn"
+            detail = f"k={settings['k']} T={float(settings['temperature']):g}"
         else:
-            family = "linear"
-            detail = "linear ({} ep, {}, lr {:g}{})".format(
+            name = linear_protocol_name(settings)
+            detail = "{} ep, {}, lr {:g}{}".format(
                 settings.get("epochs", "?"), settings.get("optimizer", "?"), float(settings.get("lr") or 0),
                 ", aug" if settings.get("augment") else "")
-        run.eval_key = (rec.dataset, family, detail, stable_hash(settings))
+        run.se = _top1_se(run.metrics["top1"], rec.num_val, "num_val")
+        run.eval_key = (rec.dataset, name, detail, stable_hash({**settings, "name": name}))
     return run
 
 
+def online_linear_run(pre: Run) -> Run | None:
+    """The "online-linear" classification Run of a pretraining Run whose record has `online_linear`
+    (solo-learn's classifier trained during pretraining), or None. Its dataset is online_linear.dataset,
+    else the pretraining dataset."""
+    rec = pre.record
+    block = getattr(rec, "online_linear", None)
+    if not isinstance(rec, PretrainRecord) or not block:
+        return None
+    top1 = float(block["top1"])
+    dataset = block.get("dataset") or (rec.dataset["name"] if isinstance(rec.dataset, dict) else rec.dataset)
+    lr = block.get("lr")
+    detail = "during pretraining" + (f", lr {float(lr):g}" if lr is not None else "")
+    return Run(pre.path, "online-linear", rec, pre=pre.pre, seed=rec.seed, metrics={"top1": top1},
+               eval_key=(dataset, "online-linear", detail, stable_hash({"lr": lr, "dataset": dataset})),
+               folder=pre.folder, se=_top1_se(top1, block["num_val"], "online_linear.num_val"))
+
+
 def load_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Rejected]]:
-    """Validate each record; the ones that fail come back as Rejected (path and reason), in path order."""
+    """Validate each record; the ones that fail come back as Rejected (path and reason), in path order.
+    A pretraining record with `online_linear` gives two runs: the pretraining and its online-linear one."""
     runs: list[Run] = []
     rejected: list[Rejected] = []
     for path in paths:
         try:
-            runs.append(run_of(path, read_record(path)))
+            run = run_of(path, read_record(path))
+            online = online_linear_run(run)
         except RecordError as exc:
             rejected.append(Rejected(str(path), exc.reason, exc.field))
+            continue
+        runs += [run] if online is None else [run, online]
     return runs, rejected
 
 
@@ -255,7 +308,7 @@ def link_runs(runs: list[Run], warn: Callable[[str], None]) -> None:
     """Give every evaluation record the Pretraining it evaluates (random init, our run, or external)."""
     index = PretrainIndex(r for r in runs if r.kind == "pretrain")
     for run in runs:
-        if run.kind == "pretrain":
+        if run.kind in ("pretrain", "online-linear"):  # an online-linear run has its pretraining already
             continue
         rec = run.record
         if isinstance(rec, DetectionRecord):
@@ -290,5 +343,6 @@ def link_runs(runs: list[Run], warn: Callable[[str], None]) -> None:
             run.pre = Pretraining(_external(source), backbone, "?", "?")
 
 
-__all__ = ["METHOD_NAMES", "RANDOM_INIT", "Pretraining", "Rejected", "Run", "canon_backbone", "drop_reevaluations",
-           "find_records", "link_runs", "load_runs", "normalise_knobs", "run_of"]
+__all__ = ["CLASSIFICATION_KINDS", "METHOD_NAMES", "RANDOM_INIT", "Pretraining", "Rejected", "Run", "binomial_se",
+           "canon_backbone", "drop_reevaluations", "find_records", "link_runs", "load_runs", "normalise_knobs",
+           "online_linear_run", "run_of"]

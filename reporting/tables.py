@@ -1,9 +1,11 @@
 """Result tables from run records: classification, detection and ablation, beside published baselines.
 
-Reads every `record.json` (kinds pretrain, knn, linear, detection) under some folders plus the
-published baselines CSV, groups our runs by everything but the seed (mean ± std over seeds, n, delta
-against the base method on the same protocol and engine) and writes Markdown, CSV and LaTeX tables and
-PNG plots. A record that fails validation is in no table: it is listed, with the reason, in
+Reads every `record.json` (kinds pretrain, knn, linear, detection; a pretraining record's online linear
+classifier is one more classification run) under some folders plus the published baselines CSV, groups
+our runs by everything but the seed (mean and its uncertainty: sd over seeds, or the SE of one run's
+evaluation set; n; delta against the base method on the same protocol and engine, marked when within
+noise) and writes Markdown, CSV and LaTeX tables and PNG plots. Published rows sit beside ours only on
+the same dataset, backbone and protocol. A record that fails validation is in no table: it is listed, with the reason, in
 rejected.md and in the result. Output bytes depend only on the records' content: rows are sorted,
 floats are formatted with fixed digits, and no timestamp or absolute path is written.
 """
@@ -18,64 +20,115 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reporting.baselines import DEFAULT_BASELINES, Published, read_baselines
-from reporting.groups import delta, group_runs, mean_std, seed_text
+from reporting.groups import Delta, Stat, compare, group_runs, seed_text, summarise
 from reporting.labels import Labeller, knob_text
 from reporting.plots import bar_chart, training_curves
-from reporting.render import DASH, Table, fmt, mean_pm, num
-from reporting.runs import Pretraining, Rejected, Run, drop_reevaluations, find_records, link_runs, load_runs
+from reporting.protocols import PROTOCOL_MEANING, same_protocol
+from reporting.render import (
+    DASH,
+    NOISE_MARK,
+    UNDECIDED_MARK,
+    UNKNOWN_PM,
+    Table,
+    delta_text,
+    fmt,
+    num,
+    stat_text,
+)
+from reporting.runs import (
+    CLASSIFICATION_KINDS,
+    Pretraining,
+    Rejected,
+    Run,
+    drop_reevaluations,
+    find_records,
+    link_runs,
+    load_runs,
+)
 from rimifm.io import atomic_write_text
 
 TABLE_NAMES = ("classification", "detection", "ablation")
 REJECTED = "rejected.md"
+#: the legend of every table's ± and of the within-noise mark
+SD_NOTE = "± u (sd, n=k): sample standard deviation over the k runs (seeds) of the row."
+TOP1_SE_NOTE = ("± u (SE): one run; the binomial standard error sqrt(p(1-p)/N) of its top-1 p on the N validation "
+                f"images its record names (num_val). {UNKNOWN_PM}: one run whose record names no N; uncertainty "
+                "unknown.")
+AP_SE_NOTE = ("± u (SE): one run; the bootstrap standard error over test images its record gives (metrics_se). "
+              f"{UNKNOWN_PM}: one run without metrics_se (written before it existed; mask AP has none); "
+              "uncertainty unknown.")
+NOISE_NOTE = (f"{NOISE_MARK}: within noise, |Δ| < 2·sqrt(u_a² + u_b²) with u_a, u_b the uncertainties (±) of the "
+              f"row and of its base row; {UNDECIDED_MARK}: one of them is unknown, so not decided. A Δ without a "
+              "mark is at least twice its combined uncertainty. Plots: error bars are these ±, bars of a row "
+              f"within noise are hatched and labelled {NOISE_MARK}.")
+PUBLISHED_NOTE = "Published rows: the number as its source gives it, without an uncertainty (CSV unc_kind 'published')."
+
+
+def _bar(section: str, text: str, st: Stat, d: Delta | None = None, published: bool = False) -> dict:
+    """One bar of a table's plot: the value, its uncertainty (error bar) and its delta's noise mark."""
+    return {"section": section, "label": text + (f"  Δ {delta_text(d)}" if d is not None else ""),
+            "value": st.mean, "err": st.unc, "published": published,
+            "within_noise": d is not None and d.within_noise is True}
+
+
+def _delta_csv(d: Delta | None) -> list[str]:
+    return ["", "", ""] if d is None else [num(d.value), num(d.combined), d.noise_text]
 
 
 def classification_table(runs: list[Run], published: list[Published], label: Labeller) -> Table | None:
-    """kNN and linear top-1 per dataset and method (mean ± std over seeds), published rows beside."""
-    evals = [r for r in runs if r.kind in ("knn", "linear") and r.pre is not None]
+    """Top-1 per dataset, protocol and method (mean ± uncertainty), published rows of the same dataset,
+    backbone and protocol beside."""
+    evals = [r for r in runs if r.kind in CLASSIFICATION_KINDS and r.pre is not None]
     if not evals:
         return None
     groups = group_runs(evals)
     sections = sorted({(g.eval_key[0], g.eval_key[1], g.pre.backbone) for g in groups.values()})
-    columns = ["dataset", "protocol", "backbone", "method", "pretrain data", "epochs", "top-1 (%)", "Δ top-1",
-               "n", "source"]
+    columns = ["dataset", "protocol", "settings", "backbone", "method", "pretrain data", "epochs", "top-1 (%)",
+               "Δ top-1", "n", "source"]
     csv_columns = ["dataset", "protocol", "eval_settings", "backbone", "method", "rim", "ifm", "pretrain_data",
-                   "pretrain_epochs", "from", "top1_mean", "top1_std", "n", "delta_top1", "seeds", "note",
-                   "source"]
-    table = Table("classification", "Classification: top-1 (%), mean ± std over seeds", columns, [],
-                  csv_columns, [])
-    for dataset, family, backbone in sections:
-        section = f"{dataset} {family} {backbone}"
+                   "pretrain_epochs", "from", "top1_mean", "top1_unc", "unc_kind", "n", "delta_top1",
+                   "delta_top1_unc", "delta_top1_noise", "seeds", "note", "source"]
+    table = Table("classification", "Classification: top-1 (%), mean ± uncertainty (sd over seeds, or SE of one "
+                  "run's evaluation set)", columns, [], csv_columns, [])
+    for dataset, protocol, backbone in sections:
+        section = f"{dataset} {protocol} {backbone}"
         mine = sorted((g for g in groups.values()
-                       if g.eval_key[:2] == (dataset, family) and g.pre.backbone == backbone),
+                       if g.eval_key[:2] == (dataset, protocol) and g.pre.backbone == backbone),
                       key=lambda g: (g.pre.sort_key(), g.eval_key))
         for g in mine:
-            st = g.stat("top1")
-            d = delta(g, groups, "top1")
-            table.rows.append([dataset, g.eval_key[2], backbone, label(g.pre), g.pre.data, g.pre.epochs,
-                               mean_pm(st), fmt(d, sign=True), str(st[2]), "ours"])
-            table.csv_rows.append([dataset, family, g.eval_key[2], backbone, label(g.pre),
+            st, d = g.stat("top1"), compare(g, groups, "top1")
+            table.rows.append([dataset, protocol, g.eval_key[2], backbone, label(g.pre), g.pre.data, g.pre.epochs,
+                               stat_text(st), delta_text(d), str(st.n), "ours"])
+            table.csv_rows.append([dataset, protocol, g.eval_key[2], backbone, label(g.pre),
                                    json.dumps(dict(g.pre.rim), sort_keys=True),
                                    json.dumps(dict(g.pre.ifm), sort_keys=True), g.pre.data, g.pre.epochs, "ours",
-                                   num(st[0]), num(st[1]), str(st[2]), num(d), g.seeds(), "", ""])
-            table.bars.append({"section": section, "label": label(g.pre), "value": st[0], "err": st[1] or 0.0,
-                               "published": False})
+                                   num(st.mean), num(st.unc), st.kind, str(st.n), *_delta_csv(d), g.seeds(), "",
+                                   ""])
+            table.bars.append(_bar(section, label(g.pre), st, d))
+        settings = {g.eval_key[2] for g in mine}
         for p in published:
-            if p.kind == "classification" and (p.dataset, p.protocol, p.backbone) == (dataset, family, backbone):
-                top1 = dict(p.metrics)["top1"]
-                table.rows.append([dataset, p.protocol, backbone, f"{p.method} (published)", p.data, p.epochs,
-                                   fmt(top1), DASH, DASH, p.source + (f" ({p.note})" if p.note else "")])
-                table.csv_rows.append([dataset, p.protocol, "", backbone, p.method, "", "", p.data, p.epochs,
-                                       "published", num(top1), "", "", "", "", p.note, p.source])
-                table.bars.append({"section": section, "label": f"{p.method} ({p.epochs} ep)", "value": top1,
-                                   "err": 0.0, "published": True})
-    table.notes = ["Δ: difference of means against the same method without RIM/IFM (same backbone, pretraining "
-                   "data and epochs, same evaluation). Published rows: numbers as published, shown only beside "
-                   "our runs of the same dataset, protocol and backbone."]
+            if p.kind != "classification" or (p.dataset, p.backbone) != (dataset, backbone) or \
+                    not same_protocol(p.protocol_name, p.settings, protocol, settings):
+                continue
+            top1 = dict(p.metrics)["top1"]
+            table.rows.append([dataset, protocol, p.settings or DASH, backbone, f"{p.method} (published)", p.data,
+                               p.epochs, fmt(top1), DASH, DASH, p.source + (f" ({p.note})" if p.note else "")])
+            table.csv_rows.append([dataset, protocol, p.settings, backbone, p.method, "", "", p.data, p.epochs,
+                                   "published", num(top1), "", "published", "", "", "", "", "", p.note, p.source])
+            table.bars.append(_bar(section, f"{p.method} ({p.epochs} ep)", Stat(top1, None, "published", 0),
+                                   published=True))
+    table.notes = [SD_NOTE + " " + TOP1_SE_NOTE,
+                   "Δ: difference of means against the same method without RIM/IFM (same backbone, pretraining "
+                   "data and epochs, same evaluation). " + NOISE_NOTE,
+                   "Protocols: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOL_MEANING.items()) + ".",
+                   "Published rows sit only beside our runs of the same dataset, backbone and protocol name (and "
+                   "the same settings where the published row names them). " + PUBLISHED_NOTE]
     return table
 
 
 def detection_table(runs: list[Run], published: list[Published], label: Labeller) -> Table | None:
-    """AP / AP50 / AP75 per protocol, engine and method, published rows (with their engine) beside."""
+    """AP / AP50 / AP75 (mean ± uncertainty) per protocol, engine and method, published rows (with their
+    engine) beside."""
     dets = [r for r in runs if r.kind == "detection" and r.pre is not None]
     if not dets:
         return None
@@ -85,52 +138,55 @@ def detection_table(runs: list[Run], published: list[Published], label: Labeller
     metrics = ["AP", "AP50", "AP75"]
     if any("mask_AP" in r.metrics for r in dets) or any(dict(p.metrics).get("mask_AP") is not None for p in shown):
         metrics.append("mask_AP")
+    deltas = ("AP", "AP50", "AP75")
     columns = ["protocol", "engine", "backbone", "method", "pretrain data", "epochs",
-               *[m.replace("_", " ") for m in metrics], "Δ AP", "Δ AP50", "Δ AP75", "n", "source"]
+               *[m.replace("_", " ") for m in metrics], *[f"Δ {m}" for m in deltas], "n", "source"]
     csv_columns = ["protocol", "engine", "backbone", "method", "rim", "ifm", "pretrain_data", "pretrain_epochs",
-                   "from"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + \
-                  ["delta_AP", "delta_AP50", "delta_AP75", "n", "seeds", "note", "source"]
-    table = Table("detection", "Detection: box AP (%), mean ± std over seeds; engine shown per row", columns, [],
-                  csv_columns, [])
+                   "from"] + [f"{m}_{s}" for m in metrics for s in ("mean", "unc", "unc_kind")] + \
+                  [f"delta_{m}{s}" for m in deltas for s in ("", "_unc", "_noise")] + ["n", "seeds", "note", "source"]
+    table = Table("detection", "Detection: box AP (%), mean ± uncertainty (sd over seeds, or bootstrap SE of one "
+                  "run); engine shown per row", columns, [], csv_columns, [])
     for protocol, backbone in sections:
         mine = sorted((g for g in groups.values() if g.eval_key[:2] == (protocol, backbone)),
                       key=lambda g: (g.eval_key[2], g.pre.sort_key()))
         for g in mine:
             engine = g.eval_key[2]
             stats = [g.stat(m) for m in metrics]
-            deltas = [delta(g, groups, m) for m in ("AP", "AP50", "AP75")]
+            diffs = [compare(g, groups, m) for m in deltas]
             n = len(g.runs)
             table.rows.append([protocol, engine, backbone, label(g.pre), g.pre.data, g.pre.epochs,
-                               *map(mean_pm, stats), *(fmt(d, sign=True) for d in deltas), str(n), "ours"])
-            raw = [x for st in stats for x in ((num(st[0]), num(st[1])) if st else ("", ""))]
+                               *map(stat_text, stats), *map(delta_text, diffs), str(n), "ours"])
+            raw = [x for st in stats for x in ((num(st.mean), num(st.unc), st.kind) if st else ("", "", ""))]
             table.csv_rows.append([protocol, engine, backbone, label(g.pre),
                                    json.dumps(dict(g.pre.rim), sort_keys=True),
                                    json.dumps(dict(g.pre.ifm), sort_keys=True), g.pre.data, g.pre.epochs, "ours",
-                                   *raw, *map(num, deltas), str(n), g.seeds(), "", ""])
-            ap = g.stat("AP")
-            table.bars.append({"section": f"{protocol} {backbone}", "label": f"{label(g.pre)} [{engine}]",
-                               "value": ap[0], "err": ap[1] or 0.0, "published": False})
+                                   *raw, *[x for d in diffs for x in _delta_csv(d)], str(n), g.seeds(), "", ""])
+            table.bars.append(_bar(f"{protocol} {backbone}", f"{label(g.pre)} [{engine}]", stats[0], diffs[0]))
         for p in shown:
             if (p.protocol, p.backbone) != (protocol, backbone):
                 continue
             vals = dict(p.metrics)
             table.rows.append([protocol, p.engine, backbone, f"{p.method} (published)", p.data, p.epochs,
-                               *(fmt(vals.get(m)) for m in metrics), DASH, DASH, DASH, DASH,
+                               *(fmt(vals.get(m)) for m in metrics), *(DASH for _ in deltas), DASH,
                                p.source + (f" ({p.note})" if p.note else "")])
             table.csv_rows.append([protocol, p.engine, backbone, p.method, "", "", p.data, p.epochs, "published",
-                                   *[x for m in metrics for x in (num(vals.get(m)), "")], "", "", "", "", "",
-                                   p.note, p.source])
-            table.bars.append({"section": f"{protocol} {backbone}", "label": f"{p.method} [{p.engine}]",
-                               "value": vals["AP"], "err": 0.0, "published": True})
-    table.notes = ["Δ: difference of means against the same method without RIM/IFM on the same protocol and "
-                   "engine. Numbers from different engines are never differenced; published rows name their "
-                   "engine and source."]
+                                   *[x for m in metrics for x in (num(vals.get(m)), "",
+                                                                  "published" if m in vals else "")],
+                                   *("" for _ in range(3 * len(deltas))), "", "", p.note, p.source])
+            table.bars.append(_bar(f"{protocol} {backbone}", f"{p.method} [{p.engine}]",
+                                   Stat(vals["AP"], None, "published", 0), published=True))
+    table.notes = [SD_NOTE + " " + AP_SE_NOTE,
+                   "Δ: difference of means against the same method without RIM/IFM on the same protocol and "
+                   "engine. " + NOISE_NOTE,
+                   "Numbers from different engines are never differenced; published rows name their engine and "
+                   "source. " + PUBLISHED_NOTE]
     return table
 
 
 def ablation_table(runs: list[Run], label: Labeller) -> Table | None:
     """One row per pretraining setting (RIM/IFM knobs that vary across the runs), one column per
-    evaluation: the pretraining's own kNN monitor, each kNN/linear protocol and each detection protocol."""
+    evaluation (mean ± uncertainty): the pretraining's own kNN monitor, each classification protocol and
+    each detection protocol."""
     pres = [r for r in runs if r.kind == "pretrain" and r.pre is not None and r.pre.ours]
     if not pres:
         return None
@@ -149,10 +205,10 @@ def ablation_table(runs: list[Run], label: Labeller) -> Table | None:
     if any("knn_top1" in r.metrics for r in pres):
         eval_cols.append(("pretrain kNN monitor", "pretrain", (), "knn_top1"))
     evals = [r for r in runs if r.kind != "pretrain" and r.pre is not None and r.pre.ours]
-    cls_keys = sorted({(r.kind, r.eval_key) for r in evals if r.kind in ("knn", "linear")})
+    cls_keys = sorted({(r.kind, r.eval_key) for r in evals if r.kind in CLASSIFICATION_KINDS})
     for kind, key in cls_keys:
         same = [k for kk, k in cls_keys if k[:2] == key[:2]]
-        head = f"{key[0]} {key[1]}" if len(same) == 1 else f"{key[0]} {key[2]}"
+        head = f"{key[0]} {key[1]}" if len(same) == 1 else f"{key[0]} {key[1]} ({key[2]})"
         eval_cols.append((head, kind, key, "top1"))
     for key in sorted({r.eval_key for r in evals if r.kind == "detection"}):
         eval_cols.append((f"AP {key[0]} [{key[2]}]", "detection", key, "AP"))
@@ -161,8 +217,8 @@ def ablation_table(runs: list[Run], label: Labeller) -> Table | None:
               [c[0] for c in eval_cols] + ["n"]
     csv_columns = ["method", "backbone", "pretrain_data", "pretrain_epochs"] + \
                   [f"{part}_{name}" for part, name in knob_cols] + \
-                  [f"{c[0]} {s}" for c in eval_cols for s in ("mean", "std", "n")] + ["n", "seeds"]
-    table = Table("ablation", "Ablation over the RIM/IFM settings present in the runs (mean ± std over seeds)",
+                  [f"{c[0]} {s}" for c in eval_cols for s in ("mean", "unc", "unc_kind", "n")] + ["n", "seeds"]
+    table = Table("ablation", "Ablation over the RIM/IFM settings present in the runs (mean ± uncertainty)",
                   columns, [], csv_columns, [])
     for pre in settings:
         own = sorted((r for r in pres if r.pre == pre), key=lambda r: r.path)
@@ -171,25 +227,24 @@ def ablation_table(runs: list[Run], label: Labeller) -> Table | None:
             d = dict(getattr(pre, part))
             knobs.append(knob_text(d.get(name)) if (d.get("enabled") or name == "enabled") else DASH)
         cells, raw = [], []
-        n = len(own)
         for head, kind, key, metric in eval_cols:
             pool = own if kind == "pretrain" else [r for r in evals if r.pre == pre and r.kind == kind
                                                    and r.eval_key == key]
-            vals = [r.metrics[metric] for r in pool if metric in r.metrics]
-            st = (*mean_std(vals), len(vals)) if vals else None
-            text = mean_pm(st)
-            if st is not None and st[2] != n:
-                text += f" (n={st[2]})"
-            cells.append(text)
-            raw += [num(st[0]), num(st[1]), str(st[2])] if st else ["", "", "0"]
+            st = summarise(pool, metric)
+            cells.append(stat_text(st))
+            raw += [num(st.mean), num(st.unc), st.kind, str(st.n)] if st else ["", "", "", "0"]
             if st is not None:
-                table.bars.append({"section": head, "label": label(pre), "value": st[0], "err": st[1] or 0.0,
-                                   "published": False})
-        table.rows.append([label(pre), pre.backbone, pre.data, pre.epochs, *knobs, *cells, str(n)])
-        table.csv_rows.append([label(pre), pre.backbone, pre.data, pre.epochs, *knobs, *raw, str(n),
+                table.bars.append(_bar(head, label(pre), st))
+        table.rows.append([label(pre), pre.backbone, pre.data, pre.epochs, *knobs, *cells, str(len(own))])
+        table.csv_rows.append([label(pre), pre.backbone, pre.data, pre.epochs, *knobs, *raw, str(len(own)),
                                ";".join(sorted(seed_text(r.seed) for r in own))])
     table.notes = ["Columns list only the RIM/IFM knobs whose value differs between runs ('-': the knob has no "
-                   "effect because its switch is off); (n=k) marks a cell with a different number of seeds."]
+                   "effect because its switch is off); n counts the pretraining runs.",
+                   "± u (sd, n=k): sample standard deviation over the k runs of the cell. ± u (SE): one run; for a "
+                   "top-1 the binomial standard error sqrt(p(1-p)/N) on the N validation images its record names "
+                   "(num_val), for an AP the bootstrap standard error its record gives (metrics_se). "
+                   f"{UNKNOWN_PM}: one run whose record gives neither (the pretraining kNN monitor records no "
+                   "image count); uncertainty unknown."]
     return table
 
 
@@ -241,7 +296,7 @@ def make_tables(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     published = read_baselines(baselines)
     paths = find_records(run_dirs)
     runs, rejected = load_runs(paths)
-    read = len(runs)
+    read = len(paths) - len(rejected)  # records, not runs (an online_linear block adds a run)
     runs = drop_reevaluations(runs, warn)
     link_runs(runs, warn)
     label = Labeller(r.pre for r in runs if r.pre is not None)

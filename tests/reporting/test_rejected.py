@@ -99,7 +99,9 @@ def test_legacy_records_of_every_writer_make_rows(tmp_path: Path, baselines: Pat
     assert (result.found, result.read, result.rejected) == (4, 4, [])
     assert set(result.tables) == {"classification", "detection", "ablation"}
     cls = (tmp_path / "out" / "classification.md").read_text()
-    assert "| imagefolder | kNN k=5 T=0.1 | R18 | BYOL | synthetic | 10 | 100.00 | - | 1 | ours |" in cls
-    assert "| imagefolder | linear (2 ep, sgd, lr 0.1) | R18 | random init | - | - | 83.33 | - | 1 | ours |" in cls
-    assert "| synthetic R18-C4 300it | torchvision | R18 | BYOL | synthetic | 10 | 12.50 |" in \
+    # one run each: the binomial SE on their 6 validation images; the linear record names no protocol (cached)
+    assert "| imagefolder | knn | k=5 T=0.1 | R18 | BYOL | synthetic | 10 | 100.00 ± 0.00 (SE) | - | 1 | ours |" in cls
+    assert "| imagefolder | linear-cached | 2 ep, sgd, lr 0.1 | R18 | random init | - | - | 83.33 ± 15.21 (SE) | - " \
+           "| 1 | ours |" in cls
+    assert "| synthetic R18-C4 300it | torchvision | R18 | BYOL | synthetic | 10 | 12.50 ±? |" in \
         (tmp_path / "out" / "detection.md").read_text()

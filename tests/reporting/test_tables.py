@@ -1,6 +1,6 @@
 """Result tables: hand-computed means/stds/deltas from a fixture of records, published rows only beside
 matching protocols, invalid records rejected (listed with path and reason, never dropped silently),
-byte-identical regeneration, the CLI."""
+byte-identical regeneration, the CLI. Uncertainties, within-noise marks and protocols: test_uncertainty.py."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _write(path: Path, data) -> Path:
     return path
 
 
-def _pretrain(runs: Path, name: str, seed: int, rim: dict, ifm: dict, knn_final: float) -> Path:
+def _pretrain(runs: Path, name: str, seed: int, rim: dict, ifm: dict, knn_final: float,
+              online: dict | None = None) -> Path:
     out = runs / "pretrain" / f"{name}-s{seed}"
     cfg = {"METHOD": "byol", "SEED": seed, "OUTPUT_DIR": str(out), "MODEL": {"BACKBONE": "resnet18"},
            "RIM": {k.upper(): v for k, v in rim.items()}, "IFM": {k.upper(): v for k, v in ifm.items()},
@@ -65,7 +66,7 @@ def _pretrain(runs: Path, name: str, seed: int, rim: dict, ifm: dict, knn_final:
         "backbone": "resnet18", "dataset": {"name": "synthetic", "root": "/somewhere", "images": 64},
         "epochs": 2, "steps": 4, "seed": seed, "metrics": {"loss": 0.5, "knn_top1": knn_final},
         "config": cfg, "checkpoint": str(out / "checkpoints" / "last.pth"), "output_dir": str(out),
-        "wall_time_s": 1.0 + seed})
+        "wall_time_s": 1.0 + seed, **({"online_linear": online} if online else {})})
     rows = [{"step": 0, "epoch": 0, "knn_top1": 20.0}]
     rows += [{"step": s, "epoch": (s - 1) // 2, "loss": 1.0 - 0.1 * s - 0.01 * seed, "base_loss": 0.9,
               "z_std": 0.06, "lr": 0.05, "images_per_s": 100.0 + s} for s in (1, 2, 3, 4)]
@@ -75,28 +76,33 @@ def _pretrain(runs: Path, name: str, seed: int, rim: dict, ifm: dict, knn_final:
 
 
 def _eval(runs: Path, protocol: str, run_dir: Path | None, seed: int, top1: float, method: str = "byol",
-          rim: dict | None = None, ifm: dict | None = None) -> None:
-    name = run_dir.name if run_dir else f"random-init-s{seed}"
+          rim: dict | None = None, ifm: dict | None = None, num_val: int | None = None,
+          name: str | None = None, dataset: str = "cifar10") -> None:
+    """A kNN or linear record (`name`: the linear protocol name; None writes none, as old records did)."""
     settings = ({"k": 200, "temperature": 0.1, "image_size": 32} if protocol == "knn" else
                 {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "batch_size": 256, "weight_decay": 0.0,
-                 "augment": False, "image_size": 32})
-    _write(runs / "eval" / f"{name}-{protocol}-cifar10" / "record.json", {
-        "run_id": f"{protocol}-{name}", "kind": protocol, "method": method,
+                 "augment": name == "linear", "image_size": 32, **({"name": name} if name else {})})
+    tag = protocol if name is None else f"{protocol}-{name}"
+    folder = f"{run_dir.name if run_dir else f'random-init-s{seed}'}-{tag}-{dataset}"
+    _write(runs / "eval" / folder / "record.json", {
+        "run_id": f"{protocol}-{folder}", "kind": protocol, "method": method,
         "rim": {k.upper(): v for k, v in (rim or {}).items()} or None,
         "ifm": {k.upper(): v for k, v in (ifm or {}).items()} or None, "backbone": "resnet18", "seed": seed,
-        "source": "ours" if run_dir else "random-init", "dataset": "cifar10", "protocol": settings,
-        "metrics": {"top1": top1, "top5": 99.0},
+        "source": "ours" if run_dir else "random-init", "dataset": dataset, "protocol": settings,
+        "metrics": {"top1": top1, "top5": 99.0}, **({"num_val": num_val} if num_val is not None else {}),
         "checkpoint": str(run_dir / "checkpoints" / "last.pth") if run_dir else None})
 
 
-def _detection(runs: Path, protocol: str, engine: str, weights: str, seed: int, ap: float) -> None:
+def _detection(runs: Path, protocol: str, engine: str, weights: str, seed: int, ap: float,
+               se: dict | None = None) -> None:
     stem = Path(weights).parent.name if weights else "random"
     out = runs / "detection" / f"{protocol.split()[1]}-{engine}-{stem}-s{seed}"
     _write(out / "record.json", {
         "run_id": f"detection-{out.name}", "kind": "detection", "engine": engine, "eval_only": False,
         "source_checkpoint": weights, "protocol": protocol, "backbone": "R18",
         "metrics": {"AP": ap, "AP50": ap + 20.0, "AP75": ap - 2.0}, "iterations": 300, "seed": 0,
-        "output_dir": str(out), "finished_at": f"2024-01-0{seed + 1}T00:00:00"})
+        "output_dir": str(out), "finished_at": f"2024-01-0{seed + 1}T00:00:00",
+        **({"metrics_se": se} if se else {})})
 
 
 @pytest.fixture()
@@ -157,26 +163,37 @@ def test_classification_table(runs: Path, baselines: Path, tmp_path: Path) -> No
     assert (result.found, result.read, len(result.rejected)) == (31, 29, 2)
     rows = _rows(tmp_path / "out" / "classification.csv")
     by = {(r["protocol"], r["method"], r["from"]): r for r in rows}
-    base = by[("kNN k=200 T=0.1", "BYOL", "ours")]
-    assert (base["top1_mean"], base["top1_std"], base["n"], base["delta_top1"]) == ("42.0000", "2.0000", "3", "")
-    assert (base["pretrain_data"], base["pretrain_epochs"], base["seeds"]) == ("synthetic", "2", "0;1;2")
-    both = by[("kNN k=200 T=0.1", "BYOL+RIM+IFM", "ours")]
-    assert (both["top1_mean"], both["top1_std"], both["n"], both["delta_top1"]) == ("46.0000", "1.0000", "3", "4.0000")
-    lin = by[("linear", "BYOL+RIM+IFM", "ours")]
-    assert (lin["top1_mean"], lin["top1_std"], lin["n"], lin["delta_top1"]) == ("57.0000", "2.0000", "3", "6.0000")
-    lin_base = by[("linear", "BYOL", "ours")]
-    assert (lin_base["top1_mean"], lin_base["top1_std"], lin_base["n"]) == ("51.0000", "1.4142", "2")
-    rnd = by[("kNN k=200 T=0.1", "random init", "ours")]
-    assert (rnd["top1_mean"], rnd["n"], rnd["delta_top1"], rnd["pretrain_data"]) == ("30.0000", "1", "", "-")
-    # the published kNN row (a fraction in the file) sits beside our kNN rows, in percent, with its source;
-    # the cifar100 linear row has no run of its protocol and is absent
-    pub = by[("kNN k=200 T=0.1", "BYOL", "published")]
-    assert (pub["top1_mean"], pub["source"], pub["pretrain_epochs"]) == ("86.8000", "lightly docs", "200")
+    base = by[("knn", "BYOL", "ours")]
+    assert (base["top1_mean"], base["top1_unc"], base["unc_kind"], base["n"], base["delta_top1"]) == (
+        "42.0000", "2.0000", "sd", "3", "")
+    assert (base["eval_settings"], base["pretrain_data"], base["pretrain_epochs"], base["seeds"]) == (
+        "k=200 T=0.1", "synthetic", "2", "0;1;2")
+    both = by[("knn", "BYOL+RIM+IFM", "ours")]
+    assert (both["top1_mean"], both["top1_unc"], both["n"], both["delta_top1"]) == ("46.0000", "1.0000", "3", "4.0000")
+    # Δ 4 against sqrt(2² + 1²) = 2.236: within noise (4 < 4.47)
+    assert (both["delta_top1_unc"], both["delta_top1_noise"]) == ("2.2361", "within")
+    # the fixture's linear records name no protocol: the old cached probe
+    lin = by[("linear-cached", "BYOL+RIM+IFM", "ours")]
+    assert (lin["top1_mean"], lin["top1_unc"], lin["n"], lin["delta_top1"]) == ("57.0000", "2.0000", "3", "6.0000")
+    assert (lin["delta_top1_unc"], lin["delta_top1_noise"]) == ("2.4495", "outside")  # 6 > 2 sqrt(2 + 4)
+    lin_base = by[("linear-cached", "BYOL", "ours")]
+    assert (lin_base["top1_mean"], lin_base["top1_unc"], lin_base["n"]) == ("51.0000", "1.4142", "2")
+    rnd = by[("knn", "random init", "ours")]  # one run, no num_val in its record: uncertainty unknown
+    assert (rnd["top1_mean"], rnd["top1_unc"], rnd["unc_kind"], rnd["n"], rnd["delta_top1"], rnd["pretrain_data"]) \
+        == ("30.0000", "", "unknown", "1", "", "-")
+    # the published kNN row (a fraction in the file, 'kNN' in any case) sits beside our kNN rows of the same
+    # settings, in percent, with its source; the cifar100 linear row has no run of its protocol and is absent
+    pub = by[("knn", "BYOL", "published")]
+    assert (pub["top1_mean"], pub["source"], pub["pretrain_epochs"], pub["eval_settings"], pub["unc_kind"]) == (
+        "86.8000", "lightly docs", "200", "k=200 T=0.1", "published")
     assert not any(r["dataset"] == "cifar100" for r in rows)
     md = (tmp_path / "out" / "classification.md").read_text()
-    assert "| cifar10 | kNN k=200 T=0.1 | R18 | BYOL+RIM+IFM | synthetic | 2 | 46.00 ± 1.00 | +4.00 | 3 | ours |" in md
+    assert "| cifar10 | knn | k=200 T=0.1 | R18 | BYOL+RIM+IFM | synthetic | 2 | 46.00 ± 1.00 (sd, n=3) | " \
+           "+4.00 ≈ | 3 | ours |" in md
     assert "| BYOL (published) | cifar10 | 200 | 86.80 | - | - | lightly docs (batch 512) |" in md
-    assert "| 51.00 ± 1.41 | - | 2 | ours |" in md
+    assert "| 51.00 ± 1.41 (sd, n=2) | - | 2 | ours |" in md
+    assert "| 57.00 ± 2.00 (sd, n=3) | +6.00 | 3 | ours |" in md
+    assert "| 30.00 ±? | - | 1 | ours |" in md
 
 
 def test_detection_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
@@ -184,13 +201,17 @@ def test_detection_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     rows = _rows(tmp_path / "out" / "detection.csv")
     by = {(r["protocol"], r["engine"], r["method"], r["from"]): r for r in rows}
     tv_base = by[(C4, "torchvision", "BYOL", "ours")]
-    assert (tv_base["AP_mean"], tv_base["AP_std"], tv_base["n"], tv_base["seeds"]) == ("11.0000", "1.4142", "2",
-                                                                                     "0/0;1/0")
+    assert (tv_base["AP_mean"], tv_base["AP_unc"], tv_base["AP_unc_kind"], tv_base["n"], tv_base["seeds"]) == (
+        "11.0000", "1.4142", "sd", "2", "0/0;1/0")
     tv = by[(C4, "torchvision", "BYOL+RIM+IFM", "ours")]
     assert (tv["AP_mean"], tv["AP50_mean"], tv["AP75_mean"]) == ("15.0000", "35.0000", "13.0000")
     assert (tv["delta_AP"], tv["delta_AP50"], tv["delta_AP75"]) == ("4.0000", "4.0000", "4.0000")
     d2 = by[(C4, "detectron2", "BYOL+RIM+IFM", "ours")]  # delta within its own engine only
-    assert (d2["AP_mean"], d2["AP_std"], d2["n"], d2["delta_AP"]) == ("21.0000", "", "1", "1.0000")
+    assert (d2["AP_mean"], d2["AP_unc"], d2["AP_unc_kind"], d2["n"], d2["delta_AP"]) == (
+        "21.0000", "", "unknown", "1", "1.0000")
+    assert (d2["delta_AP_unc"], d2["delta_AP_noise"]) == ("", "unknown")  # one run without metrics_se
+    # Δ 4 against sqrt(1.41² + 1.41²) = 2: exactly twice its uncertainty, which is not within noise
+    assert (tv["delta_AP_unc"], tv["delta_AP_noise"]) == ("2.0000", "outside")
     assert by[(FPN, "torchvision", "BYOL+RIM+IFM", "ours")]["delta_AP"] == "1.0000"
     rnd = by[(C4, "torchvision", "random init", "ours")]
     assert (rnd["AP_mean"], rnd["pretrain_data"], rnd["delta_AP"]) == ("5.0000", "-", "")
@@ -198,8 +219,10 @@ def test_detection_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     assert [(r["protocol"], r["method"], r["engine"], r["source"]) for r in published] == [
         (C4, "random init", "detectron2", "Paper X Tab. 1")]  # not beside FPN, no VOC run -> no VOC row
     md = (tmp_path / "out" / "detection.md").read_text()
-    assert f"| {C4} | torchvision | R18 | BYOL+RIM+IFM | synthetic | 2 | 15.00 ± 1.41 | 35.00 ± 1.41 | " \
-           "13.00 ± 1.41 | +4.00 | +4.00 | +4.00 | 2 | ours |" in md
+    assert f"| {C4} | torchvision | R18 | BYOL+RIM+IFM | synthetic | 2 | 15.00 ± 1.41 (sd, n=2) | " \
+           "35.00 ± 1.41 (sd, n=2) | 13.00 ± 1.41 (sd, n=2) | +4.00 | +4.00 | +4.00 | 2 | ours |" in md
+    assert f"| {C4} | detectron2 | R18 | BYOL+RIM+IFM | synthetic | 2 | 21.00 ±? | 41.00 ±? | 19.00 ±? | " \
+           "+1.00 ? | +1.00 ? | +1.00 ? | 1 | ours |" in md
     assert "VOC07+12" not in md
 
 
@@ -214,10 +237,12 @@ def test_ablation_table(runs: Path, baselines: Path, tmp_path: Path) -> None:
     assert (rows["BYOL"]["rim_enabled"], rows["BYOL"]["rim_ratio"], rows["BYOL"]["n"]) == ("off", "-", "3")
     assert rows["BYOL+RIM(ratio=0.5)"]["rim_ratio"] == "0.5"
     assert rows["BYOL"]["pretrain kNN monitor mean"] == "31.0000"  # 30, 31, 32
-    assert rows["BYOL+RIM+IFM"]["cifar10 kNN k=200 T=0.1 mean"] == "46.0000"
-    assert rows["BYOL"]["cifar10 linear n"] == "2"
-    assert "| 51.00 ± 1.41 (n=2) |" in md
-    assert rows["BYOL+RIM(ratio=0.5)"]["cifar10 linear n"] == "0"
+    assert rows["BYOL+RIM+IFM"]["cifar10 knn mean"] == "46.0000"
+    assert (rows["BYOL+RIM+IFM"]["cifar10 knn unc"], rows["BYOL+RIM+IFM"]["cifar10 knn unc_kind"]) == ("1.0000", "sd")
+    assert rows["BYOL"]["cifar10 linear-cached n"] == "2"
+    assert "| 51.00 ± 1.41 (sd, n=2) |" in md
+    assert rows["BYOL+RIM(ratio=0.5)"]["cifar10 linear-cached n"] == "0"
+    assert "| 31.00 ±? |" in md  # one pretraining run: its kNN monitor names no image count
 
 
 def test_broken_records_rejected_and_listed(runs: Path, baselines: Path, tmp_path: Path) -> None:
@@ -250,7 +275,8 @@ def test_byte_identical_regeneration(runs: Path, baselines: Path, tmp_path: Path
             assert str(tmp_path) not in a.decode(), f"{name} holds an absolute path"
     assert b"Software" not in (tmp_path / "a" / "detection.png").read_bytes()
     tex = (tmp_path / "a" / "classification.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 1 and r"46.00 $\pm$ 1.00" in tex
+    assert tex.count(r"\begin{tabular}") == 1 and r"46.00 $\pm$ 1.00 (sd, n=3) & +4.00 $\approx$" in tex
+    assert r"$\approx$: within noise, $|$$\Delta$$|$ $<$ 2$\cdot$sqrt" in tex  # the legend under the table
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -268,7 +294,7 @@ def test_cli(runs: Path, baselines: Path, tmp_path: Path) -> None:
     assert f"rejected {runs / 'eval' / 'no-top1' / 'record.json'}: missing field 'metrics.top1'" in proc.stdout
     assert f"written to {out}/" in proc.stdout
     assert "# Classification" in proc.stdout and "# Detection" in proc.stdout
-    assert "46.00 ± 1.00" in proc.stdout
+    assert "46.00 ± 1.00 (sd, n=3)" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{t}.{e}" for t in ("classification", "detection", "ablation") for e in ("md", "csv", "tex")]
         + ["rejected.md"])
