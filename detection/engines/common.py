@@ -11,6 +11,7 @@ from typing import Any
 
 from detection.config import WEIGHTS_PLACEHOLDER, config_hash, config_to_dict, protocol_string
 from detection.datasets import REGISTRY
+from detection.evaluation.bootstrap import se_from_results
 from rimifm.errors import UserError
 from rimifm.records import code_version, peak_memory_mb, write_record
 from rimifm.resnet_weights import load_d2_pkl
@@ -34,6 +35,15 @@ def extract_metrics(results: Mapping[str, Any] | None, test_names: Sequence[str]
         if isinstance(bbox, Mapping):
             out[name] = {k: float(bbox[k]) for k in METRIC_KEYS if k in bbox and bbox[k] is not None}
     return out
+
+
+def extract_metrics_se(results: Mapping[str, Any] | None, test_names: Sequence[str]) -> dict[str, Any] | None:
+    """The first test dataset's bootstrap standard errors ({AP, AP50, AP75, resamples}), or None when its
+    evaluator gave none (only our VOC evaluator computes them; result shapes as in extract_metrics)."""
+    if not results or not test_names:
+        return None
+    res = results if "bbox" in results else results.get(test_names[0])
+    return se_from_results(res.get("bbox") if isinstance(res, Mapping) else None)
 
 
 def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None, iterations: int,
@@ -69,6 +79,7 @@ def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None
         code_version=code_version(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         metrics_per_dataset=per_dataset if len(per_dataset) > 1 else None,
+        metrics_se=extract_metrics_se(results, test),
     )
     fields.update((k, v) for k, v in extra.items() if k in named)
     record = DetectionRecord(**fields, extra={k: v for k, v in extra.items() if k not in named})

@@ -1,7 +1,8 @@
 """Score COCO-format detections ([{image_id, category_id, bbox: [x,y,w,h], score}]) with VOC or COCO AP.
 
-VOC: detectron2's PascalVOCDetectionEvaluator definition (11-point for 2007), AP over IoU 0.50:0.95.
-COCO: pycocotools COCOeval (bbox). Both print and save AP, AP50, AP75 (x100).
+VOC: detectron2's PascalVOCDetectionEvaluator definition (11-point for 2007), AP over IoU 0.50:0.95,
+with bootstrap standard errors over the split's images (--bootstrap draws; saved as "metrics_se").
+COCO: pycocotools COCOeval (bbox), no standard errors. Both print and save AP, AP50, AP75 (x100).
 
 Examples:
   python tools/eval_detections.py dets.json --voc datasets/VOC2007 --split test --year 2007
@@ -17,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from detection.evaluation.voc import VOC_CLASSES, evaluate_coco_results_file
+from detection.evaluation.bootstrap import DEFAULT_RESAMPLES, SE_KEYS, voc_ap_with_se
+from detection.evaluation.voc import VOC_CLASSES, read_coco_results_file
 from rimifm.errors import UserError, run_cli
 from rimifm.io import atomic_write_text
 
@@ -36,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated class names in category_id order (default: the 20 VOC classes)")
     p.add_argument("--no-d2-rounding", action="store_true",
                    help="VOC: use full-precision boxes/scores instead of detectron2's text-file rounding")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="B",
+                   help="VOC: bootstrap draws over the images for the standard errors; 0: none "
+                        f"(default: {DEFAULT_RESAMPLES}; seed 0, so repeatable)")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     return p.parse_args(argv)
 
@@ -80,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         classes = VOC_CLASSES if args.classes is None else [c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes or len(set(classes)) != len(classes):
             raise UserError(f"--classes must list distinct names, got {args.classes!r}")
-        res = evaluate_coco_results_file(args.detections, args.voc, split=args.split, year=args.year,
-                                         class_names=classes, d2_text_rounding=not args.no_d2_rounding)
+        if args.bootstrap < 0:
+            raise UserError(f"--bootstrap must be 0 (none) or a number of draws, got {args.bootstrap}")
+        dets, gt = read_coco_results_file(args.detections, args.voc, split=args.split, year=args.year,
+                                          class_names=classes)
+        res = voc_ap_with_se(dets, gt, classes, use_07_metric=(args.year == 2007),
+                             d2_text_rounding=not args.no_d2_rounding, resamples=args.bootstrap)
         metrics = {k: res[k] for k in ("AP", "AP50", "AP75")}
+        if "se" in res:
+            metrics["metrics_se"] = res["se"]
         metrics.update(protocol=f"voc{args.year}-{args.split}", metric=res["metric"],
                        per_class_AP50={k: v["AP50"] for k, v in res["per_class"].items()})
         if res["classes_without_positives"]:
@@ -92,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_coco(args.detections, args.coco)
         metrics.update(protocol="coco-bbox")
     print(f"{metrics['protocol']}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}")
+    if se := metrics.get("metrics_se"):
+        parts = "  ".join(f"{k} n/a" if se[k] is None else f"{k} {se[k]:.2f}" for k in SE_KEYS)
+        print(f"standard errors (bootstrap over images, {se['resamples']} draws): {parts}")
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
     return 0

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from detection.evaluation.voc import read_voc_annotations, voc_ap
+from detection.evaluation.bootstrap import DEFAULT_RESAMPLES, voc_ap_with_se
+from detection.evaluation.voc import read_voc_annotations
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
 
@@ -50,11 +51,13 @@ def stack_predictions(predictions: Sequence[dict[str, Any]]) -> dict[str, np.nda
 
 def evaluate_voc_predictions(predictions: Sequence[dict[str, Any]], dirname: str | os.PathLike, split: str,
                              year: int, class_names: Sequence[str],
-                             d2_text_rounding: bool = True) -> dict[str, Any]:
-    """VOC AP (AP over IoU .50:.95, AP50, AP75, per class) of predictions on a VOC split folder."""
+                             d2_text_rounding: bool = True, resamples: int = DEFAULT_RESAMPLES,
+                             seed: int = 0) -> dict[str, Any]:
+    """VOC AP (AP over IoU .50:.95, AP50, AP75, per class) of predictions on a VOC split folder, with
+    "se": their bootstrap standard errors over the split's images (`resamples` draws; 0: no "se")."""
     gt = read_voc_annotations(dirname, split=split, year=year, class_names=class_names)
-    return voc_ap(stack_predictions(predictions), gt, class_names, use_07_metric=(int(year) == 2007),
-                  d2_text_rounding=d2_text_rounding)
+    return voc_ap_with_se(stack_predictions(predictions), gt, class_names, use_07_metric=(int(year) == 2007),
+                          d2_text_rounding=d2_text_rounding, resamples=resamples, seed=seed)
 
 
 def coco_results(predictions: Sequence[dict[str, Any]],

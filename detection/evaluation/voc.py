@@ -43,7 +43,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -175,6 +175,22 @@ def _ap_rows(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> np.ndarr
     return np.array([np.sum(terms[r][changed[r]]) for r in range(T)])
 
 
+class VocMatch(NamedTuple):
+    """What voc_ap's matching decided for every detection; AP (and a bootstrap over images) follow from it.
+
+    Detections are grouped by class (`class_bounds[c]:class_bounds[c + 1]`) and in detectron2's score
+    order inside a class. A detection is matched only against the GT of its own image, so its flags
+    hold for any resample of the images as long as the order inside each class is kept.
+    """
+
+    thresholds: np.ndarray  # (T,) IoU thresholds
+    class_bounds: np.ndarray  # (K + 1,) detection index where each class starts
+    det_image: np.ndarray  # (n,) image index (position among the ground-truth keys)
+    tp: np.ndarray  # (T, n) bool: true positive at each threshold
+    ignored: np.ndarray  # (T, n) bool: matched a difficult GT (neither TP nor FP)
+    positives: np.ndarray  # (images, K) non-difficult GT of each image and class
+
+
 def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names: Sequence[str],
            iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, use_07_metric: bool = True,
            d2_text_rounding: bool = True) -> dict[str, Any]:
@@ -188,6 +204,13 @@ def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names
     "AP75"}}, "ap_table" (T lists of K class APs x100), "iou_thresholds", "num_positives",
     "classes_without_positives", "metric".
     """
+    m = match_voc(detections, ground_truth, class_names, iou_thresholds, d2_text_rounding)
+    return _summarise(ap_table(m, use_07_metric), m.thresholds, class_names, m.positives.sum(axis=0), use_07_metric)
+
+
+def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names: Sequence[str],
+              iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, d2_text_rounding: bool = True) -> VocMatch:
+    """TP / difficult flags of every detection at every threshold (inputs as for voc_ap)."""
     K = len(class_names)
     thresholds = np.asarray([float(t) for t in iou_thresholds], dtype=np.float64)
     if thresholds.size == 0:
@@ -212,7 +235,8 @@ def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names
     gt_img = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
     if gt_labels.size and (gt_labels.min() < 0 or gt_labels.max() >= K):
         raise UserError(f"ground-truth labels must be in 0..{K - 1}")
-    npos = np.bincount(gt_labels[~gt_diff], minlength=K)
+    positives = np.zeros((n_img, K), dtype=np.int64)
+    np.add.at(positives, (gt_img[~gt_diff], gt_labels[~gt_diff]), 1)
     gt_key = gt_labels * max(n_img, 1) + gt_img
     g_order = np.argsort(gt_key, kind="stable")
     gt_key, gt_boxes, gt_diff = gt_key[g_order], gt_boxes[g_order], gt_diff[g_order]
@@ -280,22 +304,28 @@ def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names
         running = np.cumsum(c, axis=1)
         before = (running - c)[:, np.flatnonzero(new_group)][:, group_of]
         tp[:, live] = c & (running - before == 1)  # first candidate of its GT in score order
-    fp = ~tp & ~ignored
+    return VocMatch(thresholds, np.r_[0, np.cumsum([len(p) for p in pieces])].astype(np.int64),
+                    det_img[order], tp, ignored, positives)
 
-    # ---- precision / recall / AP per class, all thresholds together
-    table = np.zeros((T, K))
-    cls_bounds = np.r_[0, np.cumsum([len(p) for p in pieces])]
-    eps = np.finfo(np.float64).eps
-    for ci in range(K):
-        a, b = cls_bounds[ci], cls_bounds[ci + 1]
-        ctp = np.cumsum(tp[:, a:b], axis=1, dtype=np.float64)
-        cfp = np.cumsum(fp[:, a:b], axis=1, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rec = ctp / float(npos[ci])
-        prec = ctp / np.maximum(ctp + cfp, eps)
-        table[:, ci] = _ap_rows(rec, prec, use_07_metric) * 100
 
-    return _summarise(table, thresholds, class_names, npos, use_07_metric)
+def class_ap(ctp: np.ndarray, cfp: np.ndarray, npos: float, use_07_metric: bool) -> np.ndarray:
+    """AP x100 at each threshold of one class from its cumulative TP and FP counts (T, n) in score order."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rec = ctp / float(npos)
+    prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+    return _ap_rows(rec, prec, use_07_metric) * 100
+
+
+def ap_table(m: VocMatch, use_07_metric: bool) -> np.ndarray:
+    """(T, K) AP x100 of each threshold and class: precision / recall per class, all thresholds together."""
+    fp = ~m.tp & ~m.ignored
+    npos = m.positives.sum(axis=0)
+    table = np.zeros((len(m.thresholds), len(npos)))
+    for ci in range(len(npos)):
+        a, b = m.class_bounds[ci], m.class_bounds[ci + 1]
+        table[:, ci] = class_ap(np.cumsum(m.tp[:, a:b], axis=1, dtype=np.float64),
+                                np.cumsum(fp[:, a:b], axis=1, dtype=np.float64), npos[ci], use_07_metric)
+    return table
 
 
 def _summarise(table: np.ndarray, thresholds: np.ndarray, class_names: Sequence[str], npos: np.ndarray,
@@ -371,12 +401,9 @@ def coco_results_to_detections(results: Any, image_ids: Sequence[str], num_class
             "labels": np.asarray(out_lab, dtype=np.int64)}
 
 
-def evaluate_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike,
-                               split: str = "test", year: int = 2007,
-                               class_names: Sequence[str] = VOC_CLASSES,
-                               iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-                               d2_text_rounding: bool = True) -> dict[str, Any]:
-    """Evaluate a COCO-format results JSON against a VOC split (11-point metric for 2007, area otherwise)."""
+def read_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike, split: str = "test",
+                           year: int = 2007, class_names: Sequence[str] = VOC_CLASSES) -> tuple[dict, dict]:
+    """(detections, ground truth) as voc_ap takes them, from a COCO-format results JSON and a VOC split."""
     path = Path(results_json)
     if not path.is_file():
         raise UserError(f"detections file {path} does not exist")
@@ -385,6 +412,15 @@ def evaluate_coco_results_file(results_json: str | os.PathLike, voc_root: str | 
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"detections file {path} is not valid JSON ({exc})") from None
     gt = read_voc_annotations(voc_root, split=split, year=year, class_names=class_names)
-    dets = coco_results_to_detections(results, list(gt), len(class_names), source=str(path))
+    return coco_results_to_detections(results, list(gt), len(class_names), source=str(path)), gt
+
+
+def evaluate_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike,
+                               split: str = "test", year: int = 2007,
+                               class_names: Sequence[str] = VOC_CLASSES,
+                               iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+                               d2_text_rounding: bool = True) -> dict[str, Any]:
+    """Evaluate a COCO-format results JSON against a VOC split (11-point metric for 2007, area otherwise)."""
+    dets, gt = read_coco_results_file(results_json, voc_root, split, year, class_names)
     return voc_ap(dets, gt, class_names, iou_thresholds=iou_thresholds, use_07_metric=(int(year) == 2007),
                   d2_text_rounding=d2_text_rounding)

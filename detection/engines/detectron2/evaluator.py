@@ -17,6 +17,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 
+from detection.evaluation.bootstrap import se_result_keys
 from detection.evaluation.predictions import (
     RESULTS_FILE,
     evaluate_voc_predictions,
@@ -71,10 +72,13 @@ class VOCEvaluator(DatasetEvaluator):
         logger.info("%s (%s, %d images): AP %.2f AP50 %.2f AP75 %.2f", self._name, res["metric"],
                     len(predictions), res["AP"], res["AP50"], res["AP75"])
         if self._output_dir:
+            saved = ("AP", "AP50", "AP75", "per_class", "metric", "num_positives", "se")
             atomic_write_text(os.path.join(self._output_dir, "voc_metrics.json"),
-                              json.dumps({k: res[k] for k in ("AP", "AP50", "AP75", "per_class", "metric",
-                                                              "num_positives")}, indent=2) + "\n")
-        return OrderedDict(bbox={"AP": res["AP"], "AP50": res["AP50"], "AP75": res["AP75"]})
+                              json.dumps({k: res[k] for k in saved if k in res}, indent=2) + "\n")
+        # bootstrap standard errors as flat numbers (detectron2 prints and logs every bbox value); the
+        # record takes them as metrics_se. detectron2's COCOEvaluator (build_evaluator) gives none.
+        return OrderedDict(bbox={"AP": res["AP"], "AP50": res["AP50"], "AP75": res["AP75"],
+                                 **se_result_keys(res.get("se"))})
 
 
 def build_evaluator(cfg: Any, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:

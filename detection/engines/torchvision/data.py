@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from detection.datasets import get_dataset_dicts, get_metadata, get_spec
+from detection.evaluation.bootstrap import se_result_keys
 from detection.evaluation.predictions import RESULTS_FILE, evaluate_voc_predictions, write_coco_results
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
@@ -225,13 +226,16 @@ def evaluate_predictions(cfg: Any, name: str, predictions: list[dict[str, Any]])
         write_coco_results(out_dir / RESULTS_FILE, predictions)
         res = evaluate_voc_predictions(predictions, meta["dirname"], meta["split"], meta["year"],
                                        meta["thing_classes"])
+        saved = ("AP", "AP50", "AP75", "per_class", "metric", "num_positives", "se")
         atomic_write_text(out_dir / "voc_metrics.json",
-                          json.dumps({k: res[k] for k in ("AP", "AP50", "AP75", "per_class", "metric",
-                                                          "num_positives")}, indent=2) + "\n")
+                          json.dumps({k: res[k] for k in saved if k in res}, indent=2) + "\n")
         logger.info("%s (%s, %d images): AP %.2f AP50 %.2f AP75 %.2f", name, res["metric"], len(predictions),
                     res["AP"], res["AP50"], res["AP75"])
-        return {k: float(res[k]) for k in ("AP", "AP50", "AP75")}
+        # the bootstrap standard errors ride along as flat keys; the record takes them as metrics_se
+        return {**{k: float(res[k]) for k in ("AP", "AP50", "AP75")}, **se_result_keys(res.get("se"))}
     if kind == "coco":
+        # no standard errors: a bootstrap of COCOeval would rerun evaluate/accumulate per draw (minutes on
+        # COCO val) or reimplement its accumulation over weighted images; the record has no metrics_se
         return _coco_eval(name, predictions, out_dir)
     raise UserError(f"dataset {name} has evaluator_type {kind!r}; only 'pascal_voc' and 'coco' datasets can be "
                     "evaluated (check DATASETS.TEST)")

@@ -225,6 +225,9 @@ def test_train_eval_only_and_resume(det_synth: Path, tmp_path: Path, capsys) -> 
     assert "synthetic R18-FPN 4it (torchvision): AP" in printed and f"record: {out / 'record.json'}" in printed
     assert rec["engine"] == "torchvision" and rec["iterations"] == 4 and rec["start_iteration"] == 0
     assert set(rec["metrics"]) == {"AP", "AP50", "AP75"} and rec["sec_per_iter"] > 0
+    # our VOC evaluator's bootstrap over the test images gives the metrics' standard errors
+    assert set(rec["metrics_se"]) == {"AP", "AP50", "AP75", "resamples"} and rec["metrics_se"]["resamples"] == 200
+    assert all(rec["metrics_se"][k] >= 0 for k in ("AP", "AP50", "AP75"))
     for name in ("model_0000001.pth", "model_0000003.pth", "model_final.pth", "config.yaml", "metrics.json",
                  "inference/synthetic_test/coco_instances_results.json"):
         assert (out / name).is_file(), name
@@ -241,6 +244,7 @@ def test_train_eval_only_and_resume(det_synth: Path, tmp_path: Path, capsys) -> 
                                                   "OUTPUT_DIR", str(tmp_path / "eval")], eval_only=True))
     assert ev["eval_only"] and ev["iterations"] == 4
     assert ev["metrics"] == pytest.approx(rec["metrics"], abs=1e-9)
+    assert ev["metrics_se"] == pytest.approx(rec["metrics_se"], abs=1e-9)  # seeded draws: the same SE
 
     # an interruption after the checkpoint at iteration 1: resume continues at 2 and ends where the first run did
     resumed = tmp_path / "resumed"

@@ -62,6 +62,8 @@ def test_perfect_predictions_score_100(voc: Path) -> None:
 def test_noisy_predictions_score_between_0_and_100(voc: Path) -> None:
     res = evaluate_voc_predictions(_noisy(voc), voc, "test", 2007, CLASSES)
     assert 0 < res["AP"] < res["AP50"] <= 100
+    assert res["se"]["resamples"] == 200 and res["se"]["AP"] > 0  # bootstrap over the 5 test images
+    assert "se" not in evaluate_voc_predictions(_noisy(voc), voc, "test", 2007, CLASSES, resamples=0)
 
 
 def test_coco_results_json_round_trip_gives_the_same_ap(voc: Path, tmp_path: Path) -> None:

@@ -325,6 +325,12 @@ def test_cli_voc_and_coco(tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["AP"] == pytest.approx(200 / 6) and metrics["AP50"] == pytest.approx(200 / 6)
     assert "AP 33.33" in res.stdout
+    assert metrics["metrics_se"]["resamples"] == 200 and metrics["metrics_se"]["AP"] > 0  # bootstrap over images
+    assert "standard errors (bootstrap over images, 200 draws): AP " in res.stdout
+    res = _cli(str(dets), "--voc", str(tmp_path / "VOC2007"), "--classes", ",".join(SHAPES), "--bootstrap", "0",
+               "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "metrics_se" not in json.loads(out.read_text()) and "standard errors" not in res.stdout
 
     # COCO annotations for the same three images: perfect detections -> 100 with pycocotools
     coco = {"images": [{"id": i, "width": 300, "height": 300, "file_name": f"{i:06d}.jpg"} for i in (1, 2, 3)],
