@@ -13,25 +13,22 @@ from detection.engines.torchvision.amp import autocast
 from detection.engines.torchvision.data import train_loader
 from detection.engines.torchvision.norms import BN_TYPES
 from rimifm.distributed import Distributed
+from rimifm.precise_bn import cumulative_bn_statistics
 from rimifm.seeding import STREAM_DETECTION, step_seed
 
 
 @torch.no_grad()
 def precise_bn(cfg: Any, model: nn.Module, dicts: list[dict[str, Any]], seed: int, env: Distributed, at_iter: int) -> None:
     """Replace BN running statistics by their true average over TEST.PRECISE_BN.NUM_ITER training batches."""
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.training and m.track_running_stats]
-    if not bns or cfg.TEST.PRECISE_BN.NUM_ITER <= 0:
+    if cfg.TEST.PRECISE_BN.NUM_ITER <= 0:
         return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    loader = train_loader(dicts, cfg, seed + 1 + at_iter, env.rank, env.world, stream=1, workers=0)
-    for i in range(cfg.TEST.PRECISE_BN.NUM_ITER):
-        torch.manual_seed(step_seed(seed, at_iter * 1000 + i, env.rank, STREAM_DETECTION) + 1)
-        batch = next(loader)
-        with autocast(env.device):
-            model([b[0].to(env.device) for b in batch],
-                  [{k: v.to(env.device) for k, v in b[1].items()} for b in batch])
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
+    with cumulative_bn_statistics(model, BN_TYPES) as bns:
+        if not bns:
+            return
+        loader = train_loader(dicts, cfg, seed + 1 + at_iter, env.rank, env.world, stream=1, workers=0)
+        for i in range(cfg.TEST.PRECISE_BN.NUM_ITER):
+            torch.manual_seed(step_seed(seed, at_iter * 1000 + i, env.rank, STREAM_DETECTION) + 1)
+            batch = next(loader)
+            with autocast(env.device):
+                model([b[0].to(env.device) for b in batch],
+                      [{k: v.to(env.device) for k, v in b[1].items()} for b in batch])
