@@ -38,6 +38,7 @@ def get_default_config() -> CfgNode:
     c.MODEL = CfgNode()
     c.MODEL.BACKBONE = "resnet18"  # resnet18 | resnet34 | resnet50
     c.MODEL.CIFAR_STEM = False  # 3x3 stride-1 conv1 and no max-pool (for 32x32 inputs)
+    c.MODEL.CIFAR_STEM_PADDING = 2  # conv1 padding of the CIFAR stem (solo-learn: 2; many other CIFAR ResNets: 1)
     c.MODEL.ZERO_INIT_RESIDUAL = False
     c.MODEL.PROJ_HIDDEN_DIM = 4096
     c.MODEL.PROJ_OUTPUT_DIM = 256
@@ -67,13 +68,14 @@ def get_default_config() -> CfgNode:
     c.IFM.START_EPOCH = 0
 
     c.DATA = CfgNode()
-    c.DATA.DATASET = "synthetic"  # synthetic | imagefolder | cifar10 | cifar100
+    c.DATA.DATASET = "synthetic"  # synthetic | imagefolder | cifar10 | cifar100 | idx (MNIST family)
     c.DATA.ROOT = "datasets/synthetic"
     c.DATA.KNN_TRAIN = ""  # imagefolder only: labelled folder used as the kNN memory bank
     c.DATA.KNN_VAL = ""  # imagefolder only: labelled folder whose top-1 is reported
     c.DATA.IMAGE_SIZE = 32
     c.DATA.BATCH_SIZE = 256  # global batch (all processes together)
     c.DATA.NUM_WORKERS = 2
+    c.DATA.VIEWS = "cpu"  # cpu: whole views in the loader workers | device: colour ops batched on TRAIN.DEVICE
     c.DATA.MEAN = [0.485, 0.456, 0.406]
     c.DATA.STD = [0.229, 0.224, 0.225]
 
@@ -88,6 +90,7 @@ def get_default_config() -> CfgNode:
     c.AUG.GRAY_PROB = 0.2
     c.AUG.BLUR_PROB = [1.0, 0.1]  # view 1, view 2 (BYOL's asymmetric pair)
     c.AUG.SOLARIZE_PROB = [0.0, 0.2]
+    c.AUG.INTERPOLATION = "bilinear"  # resize of the random-resized crop: bilinear | bicubic
 
     c.OPTIM = CfgNode()
     c.OPTIM.NAME = "sgd"  # sgd | lars
@@ -96,10 +99,19 @@ def get_default_config() -> CfgNode:
     c.OPTIM.MOMENTUM = 0.9
     c.OPTIM.WEIGHT_DECAY = 1e-4
     c.OPTIM.LARS_ETA = 0.001
+    c.OPTIM.LARS_FORM = "byol"  # byol: eta|w|/|g + wd w| | solo-learn: eta|w|/(|g| + wd|w| + eps) (docs/method.md)
+    c.OPTIM.LARS_CLIP_LR = False  # solo-learn form: trust ratio clipped to min(ratio / lr, 1)
+    c.OPTIM.LARS_EXCLUDE_BIAS_N_NORM = True  # biases and norm parameters get no trust ratio and no weight decay
+    c.OPTIM.EXCLUDE_BIAS_N_NORM_WD = True  # biases and norm parameters get no weight decay (any optimizer)
     c.OPTIM.WARMUP_EPOCHS = 0.0
     c.OPTIM.WARMUP_START_FACTOR = 0.0
     c.OPTIM.FINAL_LR_FACTOR = 0.0  # cosine ends at BASE_LR * this
     c.OPTIM.PREDICTOR_FIXED_LR = False  # SimSiam: predictor keeps the initial LR
+    c.OPTIM.SCHEDULE_INTERVAL = "step"  # step: LR set every step | epoch: once per epoch (SimSiam's main_simsiam.py)
+
+    c.ONLINE_LINEAR = CfgNode()  # solo-learn's online linear protocol (README, "Linear protocols")
+    c.ONLINE_LINEAR.ENABLED = False  # a linear classifier on detached backbone features, trained during pretraining
+    c.ONLINE_LINEAR.LR = 0.1  # its base LR, scaled like OPTIM.BASE_LR and on the same schedule; no weight decay
 
     c.TRAIN = CfgNode()
     c.TRAIN.EPOCHS = 10
@@ -127,8 +139,12 @@ _CHOICES = {
     "IFM.LEVEL": ("backbone", "projector"),
     "IFM.TARGET": ("feature", "output", "loss"),
     "IFM.PARTNER": ("permute", "reverse"),
-    "DATA.DATASET": ("synthetic", "imagefolder", "cifar10", "cifar100"),
+    "DATA.DATASET": ("synthetic", "imagefolder", "cifar10", "cifar100", "idx"),
     "OPTIM.NAME": ("sgd", "lars"),
+    "OPTIM.LARS_FORM": ("byol", "solo-learn"),
+    "OPTIM.SCHEDULE_INTERVAL": ("step", "epoch"),
+    "DATA.VIEWS": ("cpu", "device"),
+    "AUG.INTERPOLATION": ("bilinear", "bicubic"),
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.DEVICE": ("auto", "cpu", "cuda"),
 }
@@ -160,6 +176,8 @@ def validate_config(cfg: CfgNode, source: str = "config") -> None:
     check(len(cfg.AUG.SOLARIZE_PROB) == 2, "AUG.SOLARIZE_PROB", "needs 2 values (view 1, view 2)")
     check(0.0 < cfg.AUG.CROP_MIN_SCALE <= 1.0, "AUG.CROP_MIN_SCALE", "must be in (0, 1]")
     check(cfg.OPTIM.BASE_LR > 0, "OPTIM.BASE_LR", "must be > 0")
+    check(cfg.ONLINE_LINEAR.LR > 0, "ONLINE_LINEAR.LR", "must be > 0")
+    check(cfg.MODEL.CIFAR_STEM_PADDING in (0, 1, 2, 3), "MODEL.CIFAR_STEM_PADDING", "must be 0..3")
     check(cfg.OPTIM.REFERENCE_BATCH_SIZE >= 0, "OPTIM.REFERENCE_BATCH_SIZE", "must be >= 0 (0 = no scaling)")
     check(cfg.OPTIM.WARMUP_EPOCHS >= 0, "OPTIM.WARMUP_EPOCHS", "must be >= 0")
     check(0.0 <= cfg.BYOL.BASE_MOMENTUM <= cfg.BYOL.FINAL_MOMENTUM <= 1.0, "BYOL.BASE_MOMENTUM",

@@ -88,3 +88,28 @@ def run_main(main, argv: list, capsys, threads: int | None = None) -> MainResult
     out, err = capsys.readouterr()
     code = exit_info.value.code
     return MainResult(code if isinstance(code, int) else 1, out, err)
+
+
+def make_idx_dataset(root: Path, train: int = 20, test: int = 10, classes: int = 3, size: int = 28, seed: int = 0,
+                     gz: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write the four IDX files of an MNIST-like set (grey uint8 images, uint8 labels) under `root`, gzip
+    compressed or not; returns {"train": (images, labels), "test": (images, labels)} as written."""
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = (np.arange(n) % classes).astype(np.uint8)
+        for name, magic, array in ((f"{prefix}-images-idx3-ubyte", 0x803, images),
+                                   (f"{prefix}-labels-idx1-ubyte", 0x801, labels)):
+            data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+            if gz:
+                with gzip.open(root / f"{name}.gz", "wb") as fh:
+                    fh.write(data)
+            else:
+                (root / name).write_bytes(data)
+        written[split] = (images, labels)
+    return written

@@ -1,4 +1,5 @@
-"""Datasets: ImageFolder (labelled or a flat folder), CIFAR-10/100 from a local folder, the synthetic set.
+"""Datasets: ImageFolder (labelled or a flat folder), CIFAR-10/100 and the MNIST family (IDX files) from a
+local folder, the synthetic set.
 
 Every source yields (PIL image, label) with label -1 when unlabeled. Nothing is ever downloaded.
 """
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from pretrain.data.idx import IDXSource
 from pretrain.data.views import ViewSpec, eval_transform, make_view, sample_rng, to_normalised_tensor
 from rimifm.errors import UserError
 from synthetic.generator import read_meta
@@ -144,6 +146,9 @@ def build_splits(cfg) -> Splits:
     if d.DATASET in _CIFAR_FILES:
         train = CIFARSource(root, d.DATASET, train=True)
         return Splits(train, train, CIFARSource(root, d.DATASET, train=False))
+    if d.DATASET == "idx":  # MNIST / Fashion-MNIST / KMNIST: train files to pretrain on, t10k for the kNN val
+        train = IDXSource(root, train=True)
+        return Splits(train, train, IDXSource(root, train=False))
     train = ImageFolderSource(root)
     knn_train = ImageFolderSource(d.KNN_TRAIN, require_labels=True) if d.KNN_TRAIN else None
     knn_val = ImageFolderSource(d.KNN_VAL, require_labels=True) if d.KNN_VAL else None
@@ -157,12 +162,14 @@ def build_splits(cfg) -> Splits:
 class TwoViewDataset(Dataset):
     """Two augmented views per image; parameters drawn from an RNG keyed by (seed, epoch, index)."""
 
-    def __init__(self, source: Dataset, specs: tuple[ViewSpec, ViewSpec], mean, std, seed: int = 0):
+    def __init__(self, source: Dataset, specs: tuple[ViewSpec, ViewSpec], mean, std, seed: int = 0,
+                 with_labels: bool = False):
         self.source = source
         self.specs = specs
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self.epoch = 0
+        self.with_labels = with_labels  # (v1, v2, label) instead of (v1, v2); label -1 when unlabeled
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -170,12 +177,16 @@ class TwoViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, _ = self.source[index]
+    def __getitem__(self, index: int) -> tuple:
+        img, label = self.source[index]
         rng = sample_rng(self.seed, self.epoch, index)
         v1 = to_normalised_tensor(make_view(img, self.specs[0], rng), self.mean, self.std)
         v2 = to_normalised_tensor(make_view(img, self.specs[1], rng), self.mean, self.std)
-        return v1, v2
+        return (v1, v2, label) if self.with_labels else (v1, v2)
+
+    def to_device(self, views, device: torch.device) -> torch.Tensor:
+        """A collated batch of one view, as the model takes it, on `device` (DATA.VIEWS device finishes it there)."""
+        return views.to(device, non_blocking=True)
 
 
 class EvalDataset(Dataset):

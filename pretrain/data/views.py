@@ -31,6 +31,7 @@ class ViewSpec:
     gray_prob: float = 0.2
     blur_prob: float = 1.0
     solarize_prob: float = 0.0
+    interpolation: str = "bilinear"  # resize of the crop: bilinear | bicubic
 
 
 def byol_view_specs(cfg) -> tuple[ViewSpec, ViewSpec]:
@@ -38,7 +39,7 @@ def byol_view_specs(cfg) -> tuple[ViewSpec, ViewSpec]:
     a = cfg.AUG
     common = dict(size=cfg.DATA.IMAGE_SIZE, crop_min_scale=a.CROP_MIN_SCALE, flip_prob=a.FLIP_PROB,
                   jitter_prob=a.JITTER_PROB, brightness=a.BRIGHTNESS, contrast=a.CONTRAST,
-                  saturation=a.SATURATION, hue=a.HUE, gray_prob=a.GRAY_PROB)
+                  saturation=a.SATURATION, hue=a.HUE, gray_prob=a.GRAY_PROB, interpolation=a.INTERPOLATION)
     return (ViewSpec(**common, blur_prob=a.BLUR_PROB[0], solarize_prob=a.SOLARIZE_PROB[0]),
             ViewSpec(**common, blur_prob=a.BLUR_PROB[1], solarize_prob=a.SOLARIZE_PROB[1]))
 
@@ -68,32 +69,77 @@ def crop_box(rng: np.random.Generator, width: int, height: int, scale: tuple[flo
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """Every random parameter of one view, drawn by `draw_view_params` in a fixed order.
+
+    DATA.VIEWS cpu applies them all with PIL in the loader workers (`make_view`); DATA.VIEWS device applies
+    the crop and flip there and the rest batched on the training device (pretrain/data/device_views.py).
+    """
+
+    box: tuple[int, int, int, int]  # crop (top, left, h, w) in the source image
+    flip: bool
+    jitter: bool
+    factors: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue
+    order: tuple[int, int, int, int] = (0, 1, 2, 3)  # the jitter ops (indices into `factors`) in applied order
+    gray: bool = False
+    blur_sigma: float = 0.0  # 0: no blur
+    solarize: bool = False
+
+
+def draw_view_params(rng: np.random.Generator, width: int, height: int, spec: ViewSpec) -> ViewParams:
+    """The parameters of one view of a width x height image; the draws (and their order) define the views."""
+    box = crop_box(rng, width, height, (spec.crop_min_scale, 1.0))
+    flip = bool(rng.random() < spec.flip_prob)
+    jitter = bool(rng.random() < spec.jitter_prob)
+    factors, order = (1.0, 1.0, 1.0, 0.0), (0, 1, 2, 3)
+    if jitter:
+        factors = (float(rng.uniform(max(0.0, 1 - spec.brightness), 1 + spec.brightness)),
+                   float(rng.uniform(max(0.0, 1 - spec.contrast), 1 + spec.contrast)),
+                   float(rng.uniform(max(0.0, 1 - spec.saturation), 1 + spec.saturation)),
+                   float(rng.uniform(-spec.hue, spec.hue)))
+        order = tuple(int(k) for k in rng.permutation(4))
+    gray = bool(rng.random() < spec.gray_prob)
+    blur_sigma = float(rng.uniform(0.1, 2.0)) if rng.random() < spec.blur_prob else 0.0
+    solarize = bool(rng.random() < spec.solarize_prob)
+    return ViewParams(box, flip, jitter, factors, order, gray, blur_sigma, solarize)
+
+
+def blur_kernel_size(size: int) -> int:
+    """Gaussian blur kernel side for views of `size` pixels: about 10% of the side, odd, at least 3."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def crop_and_flip(img: Image.Image, spec: ViewSpec, p: ViewParams) -> Image.Image:
+    """The geometric part of a view: random-resized crop to spec.size, then the horizontal flip."""
+    mode = TF.InterpolationMode.BICUBIC if spec.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+    img = TF.resized_crop(img.convert("RGB"), *p.box, [spec.size, spec.size], interpolation=mode, antialias=True)
+    return TF.horizontal_flip(img) if p.flip else img
+
+
+JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+
+
+def colour_ops(img: Image.Image, p: ViewParams) -> Image.Image:
+    """The photometric part of a view on PIL: colour jitter in p.order, grayscale, blur, solarize."""
+    if p.jitter:
+        for k in p.order:
+            img = JITTER_OPS[k](img, p.factors[k])
+    if p.gray:
+        img = TF.rgb_to_grayscale(img, num_output_channels=3)
+    if p.blur_sigma > 0:
+        kernel = blur_kernel_size(img.width)
+        img = TF.gaussian_blur(img, [kernel, kernel], [p.blur_sigma, p.blur_sigma])
+    if p.solarize:
+        img = TF.solarize(img, 128)
+    return img
+
+
 def make_view(img: Image.Image, spec: ViewSpec, rng: np.random.Generator) -> Image.Image:
     """One augmented view of a PIL image: crop, flip, colour jitter, grayscale, blur, solarize."""
     img = img.convert("RGB")
-    top, left, h, w = crop_box(rng, img.width, img.height, (spec.crop_min_scale, 1.0))
-    img = TF.resized_crop(img, top, left, h, w, [spec.size, spec.size], antialias=True)
-    if rng.random() < spec.flip_prob:
-        img = TF.horizontal_flip(img)
-    if rng.random() < spec.jitter_prob:
-        factors = [
-            (TF.adjust_brightness, rng.uniform(max(0.0, 1 - spec.brightness), 1 + spec.brightness)),
-            (TF.adjust_contrast, rng.uniform(max(0.0, 1 - spec.contrast), 1 + spec.contrast)),
-            (TF.adjust_saturation, rng.uniform(max(0.0, 1 - spec.saturation), 1 + spec.saturation)),
-            (TF.adjust_hue, rng.uniform(-spec.hue, spec.hue)),
-        ]
-        for k in rng.permutation(4):
-            fn, value = factors[k]
-            img = fn(img, float(value))
-    if rng.random() < spec.gray_prob:
-        img = TF.rgb_to_grayscale(img, num_output_channels=3)
-    if rng.random() < spec.blur_prob:
-        kernel = max(3, int(0.1 * spec.size) // 2 * 2 + 1)
-        sigma = float(rng.uniform(0.1, 2.0))
-        img = TF.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
-    if rng.random() < spec.solarize_prob:
-        img = TF.solarize(img, 128)
-    return img
+    p = draw_view_params(rng, img.width, img.height, spec)
+    return colour_ops(crop_and_flip(img, spec, p), p)
 
 
 def to_normalised_tensor(img: Image.Image, mean, std) -> torch.Tensor:

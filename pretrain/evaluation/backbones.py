@@ -43,12 +43,12 @@ class BackboneSource:
     extra: dict = field(default_factory=dict)
 
 
-def _resnet(depth: int, cifar_stem: bool) -> nn.Module:
+def _resnet(depth: int, cifar_stem: bool, cifar_stem_padding: int = 2) -> nn.Module:
     """build_backbone's ResNet-`depth` (fc removed) for a loaded checkpoint's depth."""
     name = f"resnet{depth}"
     if name not in FEATURE_DIMS:
         raise UserError(f"unsupported ResNet depth {depth}; choose one of {', '.join(FEATURE_DIMS)}")
-    return build_backbone(name, cifar_stem)
+    return build_backbone(name, cifar_stem, cifar_stem_padding=cifar_stem_padding)
 
 
 def random_backbone(name: str = "resnet18", cifar_stem: bool = False, seed: int = 0) -> tuple[nn.Module, BackboneSource]:
@@ -133,7 +133,10 @@ def load_backbone(path: str | os.PathLike, target: bool = False, unsafe_legacy_p
     ours = isinstance(ckpt, dict) and ckpt.get("format") == OUR_FORMAT
     if ours and bool(ckpt.get("cifar_stem", cifar_stem)) != cifar_stem:
         raise UserError(f"{path}: cifar_stem={ckpt.get('cifar_stem')} but conv1 is {tuple(conv1.shape)}")
-    net = _resnet(depth, cifar_stem)
+    # the stem's padding is not in the weights: our checkpoints say it (those from before the key were
+    # trained with 1); solo-learn's layout uses 2; other CIFAR ResNets usually 1
+    padding = int(ckpt.get("cifar_stem_padding", 1)) if ours else 2 if layout.startswith("solo-learn") else 1
+    net = _resnet(depth, cifar_stem, padding)
     _load_strict(net, tv, path)
     src = BackboneSource("ours" if ours else "external", f"resnet{depth}", cifar_stem, file_sha256(path),
                          checkpoint=str(path), layout=layout)

@@ -1,7 +1,7 @@
 """Evaluate a frozen backbone by kNN or linear probe on a labelled classification dataset.
 
-Usage: python tools/eval_classification.py CHECKPOINT --dataset synthetic|imagefolder|cifar10|cifar100
-       --root DIR --protocol knn|linear [options]     (CHECKPOINT `none` with --random-init)
+Usage: python tools/eval_classification.py CHECKPOINT --dataset synthetic|imagefolder|cifar10|cifar100|idx
+       --root DIR --protocol knn|linear|linear-cached [options]     (CHECKPOINT `none` with --random-init)
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pretrain.evaluation.datasets import DATASETS
+from pretrain.evaluation.recipes import RECIPES
 from pretrain.evaluation.run import run_evaluation
 from rimifm.cli import ArgumentParser
 from rimifm.errors import run_cli
@@ -20,20 +21,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="our .pth, a third-party ResNet checkpoint, a detectron2 .pkl, "
                                       "or `none` with --random-init")
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--root", default=None, help="dataset root (imagefolder: holds train/ and val/)")
+    p.add_argument("--root", default=None, help="dataset root (imagefolder: holds train/ and val/; idx: the four "
+                                                "MNIST/Fashion-MNIST/KMNIST IDX files, train = train-*, val = t10k-*)")
     p.add_argument("--train-dir", default=None, help="imagefolder: labelled training folder")
     p.add_argument("--val-dir", default=None, help="imagefolder: labelled validation folder")
-    p.add_argument("--protocol", required=True, choices=("knn", "linear"))
+    p.add_argument("--protocol", required=True, choices=("knn", "linear", "linear-cached"),
+                   help="knn; linear: the published offline protocol of --recipe (augmented views through the "
+                        "frozen backbone every epoch); linear-cached: fast probe on fixed centre-crop features "
+                        "(not a published protocol)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="linear: solo-learn (default for cifar10/cifar100/idx/synthetic), moco (default for "
+                        "imagefolder; SGD lr 30, steps 60/80, 100 epochs) or simsiam (LARS, batch 4096, 90 epochs)")
     p.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
     p.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
-    p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
-    p.add_argument("--lr", type=float, default=0.1, help="linear probe base LR (cosine schedule)")
-    p.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd",
-                   help="momentum 0.9 either way; LARS (trust 0.001) needs a much larger --lr")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--augment", action="store_true",
-                   help="linear: recompute augmented (crop+flip) train features each epoch (slower, standard)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="linear: replaces the recipe's (recorded as <recipe>-modified); linear-cached: default 100")
+    p.add_argument("--lr", type=float, default=None, help="linear: replaces the recipe's; linear-cached: default 0.1")
+    p.add_argument("--optimizer", choices=("sgd", "lars"), default=None,
+                   help="linear: replaces the recipe's; linear-cached: default sgd (LARS needs a much larger --lr)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="linear: replaces the recipe's; also the feature-extraction batch (default 256)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--recompute-bn", action="store_true",
+                   help="re-estimate the backbone's BN statistics on clean training images first (precise BN), "
+                        "e.g. for +RIM backbones whose statistics come from masked images")
+    p.add_argument("--recompute-bn-images", type=int, default=10000,
+                   help="training images for --recompute-bn (default 10000, or all if fewer)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size (default: the checkpoint's DATA.IMAGE_SIZE, else 32)")
     p.add_argument("--target", action="store_true", help="evaluate the EMA target backbone (BYOL)")

@@ -10,10 +10,11 @@ import torch
 from torch.utils.data import Dataset
 
 from pretrain.data.datasets import CIFARSource, ImageFolderSource
+from pretrain.data.idx import IDXSource
 from pretrain.data.views import ViewSpec, make_view, sample_rng, to_normalised_tensor
 from rimifm.errors import UserError
 
-DATASETS = ("synthetic", "imagefolder", "cifar10", "cifar100")
+DATASETS = ("synthetic", "imagefolder", "cifar10", "cifar100", "idx")
 
 
 @dataclass
@@ -36,7 +37,8 @@ def _folder(path: Path, option: str) -> ImageFolderSource:
 def build_eval_splits(dataset: str, root: str | os.PathLike | None, train_dir: str | None = None,
                       val_dir: str | None = None) -> EvalSplits:
     """synthetic: ROOT/classification/{train,val}; imagefolder: --train-dir/--val-dir (default
-    ROOT/train, ROOT/val); cifar10/100: the python batches under ROOT (train / test)."""
+    ROOT/train, ROOT/val); cifar10/100: the python batches under ROOT (train / test); idx: the MNIST
+    family's IDX files under ROOT (train-* / t10k-*)."""
     if dataset not in DATASETS:
         raise UserError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if dataset == "imagefolder":
@@ -61,6 +63,10 @@ def build_eval_splits(dataset: str, root: str | os.PathLike | None, train_dir: s
                 f"`python tools/make_synthetic.py --out {base}`)")
         train, val = _folder(tr, hint), _folder(va, hint)
         return EvalSplits(dataset, train, val, len(train.classes), f"{tr.resolve()}|{va.resolve()}")
+    if dataset == "idx":
+        train, val = IDXSource(base, train=True, option="--root"), IDXSource(base, train=False, option="--root")
+        n = max(len(train.classes), len(val.classes))
+        return EvalSplits(dataset, train, val, n, f"{dataset}:{base.resolve()}")
     train = CIFARSource(base, dataset, train=True)
     val = CIFARSource(base, dataset, train=False)
     n = 100 if dataset == "cifar100" else 10

@@ -16,15 +16,16 @@ from rimifm.errors import UserError
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled features and labels of a dataset, backbone in eval mode (restored after)."""
+                     device: torch.device | str = "cpu", normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (L2-normalised unless `normalize=False`) and labels of a dataset, backbone in eval
+    mode (restored after)."""
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     for x, y in loader:
         f = backbone(x.to(device, non_blocking=True)).float()
-        feats.append(F.normalize(f, dim=1).cpu())
+        feats.append((F.normalize(f, dim=1) if normalize else f).cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)

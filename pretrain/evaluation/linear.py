@@ -1,4 +1,5 @@
-"""The linear probe: a linear classifier trained on frozen, standardised features (SGD or LARS, cosine LR)."""
+"""Linear classifiers on a frozen backbone: the published protocol (`train_linear_recipe`, augmented views
+through the backbone every epoch) and the fast cached probe (`train_linear`, fixed standardised features)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,49 @@ def train_linear(train_feats: torch.Tensor, train_labels: torch.Tensor, num_clas
     return head.cpu()
 
 
+def train_linear_recipe(backbone: nn.Module, dataset_for_epoch: Callable[[int], torch.utils.data.Dataset],
+                        feature_dim: int, num_classes: int, recipe, seed: int = 0, workers: int = 0,
+                        device: torch.device | str = "cpu") -> nn.Linear:
+    """The offline linear protocol of a published recipe (pretrain/evaluation/recipes.py).
+
+    Every epoch, `dataset_for_epoch(epoch)` gives that epoch's augmented (crop + flip) labelled views;
+    batches go through the frozen backbone in eval mode (BN running statistics, no gradient) and the raw
+    pooled features train the classifier with the recipe's optimizer, LR (x batch / 256 when the recipe
+    scales it), weight decay and per-epoch schedule.
+    """
+    from pretrain.evaluation.recipes import make_head, schedule_factor
+
+    torch.manual_seed(seed)
+    head = make_head(feature_dim, num_classes, recipe).to(device)
+    base_lr = recipe.lr * (recipe.batch_size / 256 if recipe.scale_lr else 1.0)
+    params = [dict(params=[head.weight, head.bias], weight_decay=recipe.weight_decay, lars_exclude=False)]
+    if recipe.optimizer == "lars":  # apex LARC as SimSiam's main_lincls uses it: trust 0.001, no clip, nothing excluded
+        opt = LARS(params, lr=base_lr, momentum=0.9, weight_decay=recipe.weight_decay, eta=0.001,
+                   form="solo-learn", clip_lr=False)
+    elif recipe.optimizer == "sgd":
+        params[0].pop("lars_exclude")
+        opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    else:
+        raise UserError(f"unknown --optimizer {recipe.optimizer!r}; choose sgd or lars")
+    was_training = backbone.training
+    backbone.eval()
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(recipe.epochs):
+        for g in opt.param_groups:
+            g["lr"] = base_lr * schedule_factor(recipe, epoch)
+        loader = torch.utils.data.DataLoader(dataset_for_epoch(epoch), batch_size=recipe.batch_size, shuffle=True,
+                                             generator=gen, num_workers=workers)
+        for x, y in loader:
+            with torch.no_grad():
+                feats = backbone(x.to(device, non_blocking=True)).float()
+            loss = F.cross_entropy(head(feats), torch.as_tensor(y).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    backbone.train(was_training)
+    return head.cpu()
+
+
 class Standardiser:
     """Per-dimension (x - mean) / std with train statistics: a fixed input scaling, not a trained BN."""
 
@@ -73,4 +117,4 @@ class Standardiser:
         return (feats - self.mean) / self.std
 
 
-__all__ = ["train_linear", "Standardiser"]
+__all__ = ["train_linear", "train_linear_recipe", "Standardiser"]

@@ -2,10 +2,11 @@
 
 The backbone comes from one of our pretraining checkpoints (online branch, or the EMA target with
 `target=True`), from any third-party ResNet checkpoint layout rimifm/resnet_weights.py recognises, from
-a detectron2 weights pickle, or is randomly initialised (the baseline): see backbones.py. Features of
-the deterministic evaluation view are computed once per (weights, split, image size, branch) and cached
-(features.py); the linear probe (linear.py) trains on them by default, or on augmented views
-recomputed each epoch through the frozen backbone (`augment=True`, the standard, slower protocol).
+a detectron2 weights pickle, or is randomly initialised (the baseline): see backbones.py. Protocols:
+`knn` and `linear-cached` use features of the deterministic evaluation view, computed once per (weights,
+split, image size, branch, BN re-estimation) and cached (features.py); `linear` is the published offline
+protocol of a cited recipe (recipes.py): augmented views through the frozen backbone every epoch.
+`recompute_bn` re-estimates the backbone's BN statistics on clean training images first (precise BN).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pretrain.evaluation.backbones import BackboneSource, load_backbone, random_
 from pretrain.evaluation.datasets import AugmentedDataset, EvalSplits, build_eval_splits
 from pretrain.evaluation.features import cache_key, cached_features
 from pretrain.evaluation.knn import extract_features, knn_evaluate
-from pretrain.evaluation.linear import Standardiser, train_linear
+from pretrain.evaluation.linear import Standardiser, train_linear, train_linear_recipe
+from pretrain.evaluation.recipes import recompute_bn, resolve_recipe
 from rimifm.config import config_hash
 from rimifm.distributed import resolve_device
 from rimifm.errors import UserError
@@ -31,6 +33,10 @@ from rimifm.schemas import KnnRecord, LinearRecord, record_to_dict
 
 #: options that only say where outputs go; they do not enter the config hash
 NON_HASHED = ("out", "cache_dir")
+#: knn; linear: the published offline protocol (recipes.py); linear-cached: the fast probe on cached features
+PROTOCOLS = ("knn", "linear", "linear-cached")
+#: the cached probe's settings when none is given
+CACHED_DEFAULTS = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "batch_size": 256, "weight_decay": 0.0}
 
 
 def default_out_dir(args: dict) -> Path:
@@ -52,10 +58,12 @@ def default_out_dir(args: dict) -> Path:
 
 def _check_options(args: dict) -> None:
     """Stop on options no protocol can run with, before any weights or data are read."""
-    if args["protocol"] not in ("knn", "linear"):
-        raise UserError(f"unknown --protocol {args['protocol']!r}; choose knn or linear")
-    if args["protocol"] == "linear" and args.get("epochs", 1) < 1:
+    if args["protocol"] not in PROTOCOLS:
+        raise UserError(f"unknown --protocol {args['protocol']!r}; choose one of {', '.join(PROTOCOLS)}")
+    if args["protocol"] != "knn" and args.get("epochs") is not None and args["epochs"] < 1:
         raise UserError(f"--epochs must be >= 1 for the linear probe (got {args.get('epochs')})")
+    if args["protocol"] == "linear":
+        resolve_recipe(args)  # an unknown --recipe stops here
     if args.get("image_size") is not None and args["image_size"] < 8:
         raise UserError(f"--image-size must be >= 8 (got {args['image_size']})")
 
@@ -74,28 +82,39 @@ def _backbone(args: dict) -> tuple[torch.nn.Module, BackboneSource]:
     return load_backbone(ckpt_arg, bool(args.get("target")), bool(args.get("unsafe_legacy_pickle")))
 
 
-def _linear_probe(args: dict, backbone: torch.nn.Module, src: BackboneSource, splits: EvalSplits, size: int,
-                  train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                  device: torch.device) -> tuple[dict, dict]:
-    """Train the probe on standardised train features (or augmented views); (metrics, settings)."""
-    settings = {"epochs": int(args.get("epochs", 100)), "lr": float(args.get("lr", 0.1)),
-                "optimizer": args.get("optimizer", "sgd"), "batch_size": int(args.get("batch_size", 256)),
-                "weight_decay": float(args.get("weight_decay", 0.0)), "augment": bool(args.get("augment"))}
-    seed, workers = int(args.get("seed", 0)), int(args.get("workers", 0))
+def _cached_probe(args: dict, splits: EvalSplits, train: tuple[torch.Tensor, torch.Tensor],
+                  val: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[dict, dict]:
+    """linear-cached: the probe on standardised cached train features; (metrics, settings)."""
+    settings = {"name": "linear-cached", **{k: args[k] if args.get(k) is not None else v
+                                             for k, v in CACHED_DEFAULTS.items()}}
     scale = Standardiser(train[0])
-    epoch_features = None
-    if settings["augment"]:
-
-        def epoch_features(epoch: int) -> torch.Tensor:
-            ds = AugmentedDataset(splits.train, size, src.mean, src.std, seed, epoch)
-            f, _ = extract_features(backbone, ds, settings["batch_size"], workers, device)
-            return scale(f)
     head = train_linear(scale(train[0]), train[1], splits.num_classes, settings["epochs"], settings["lr"],
-                        settings["optimizer"], settings["batch_size"], settings["weight_decay"], seed,
-                        epoch_features, device)
+                        settings["optimizer"], settings["batch_size"], settings["weight_decay"],
+                        int(args.get("seed", 0)), None, device)
     with torch.no_grad():
         metrics = accuracy_metrics(head(scale(val[0])), val[1], splits.num_classes)
     return metrics, settings
+
+
+def _recipe_probe(args: dict, backbone: torch.nn.Module, src: BackboneSource, splits: EvalSplits, size: int,
+                  device: torch.device, log: Callable[[str], None]) -> tuple[dict, dict, int]:
+    """linear: the published protocol of the chosen recipe; (metrics, settings, validation images)."""
+    recipe, name = resolve_recipe(args)
+    seed, workers = int(args.get("seed", 0)), int(args.get("workers", 0))
+    val_feats, val_labels = extract_features(backbone, EvalDataset(splits.val, size, src.mean, src.std),
+                                             int(args.get("batch_size") or 256), workers, device, normalize=False)
+    log(f"linear protocol, recipe {name}: {recipe.epochs} epochs of augmented views, {recipe.optimizer} "
+        f"lr {recipe.lr}{' x batch/256' if recipe.scale_lr else ''}, batch {recipe.batch_size}, {recipe.schedule}")
+    head = train_linear_recipe(
+        backbone, lambda epoch: AugmentedDataset(splits.train, size, src.mean, src.std, seed, epoch),
+        val_feats.shape[1], splits.num_classes, recipe, seed, workers, device)
+    with torch.no_grad():
+        metrics = accuracy_metrics(head(val_feats), val_labels, splits.num_classes)
+    settings = {"name": "linear", "recipe": name, "source": recipe.source, "epochs": recipe.epochs,
+                "lr": recipe.lr, "lr_scaled_by_batch": recipe.scale_lr, "optimizer": recipe.optimizer,
+                "batch_size": recipe.batch_size, "weight_decay": recipe.weight_decay, "schedule": recipe.schedule,
+                "milestones": list(recipe.milestones)}
+    return metrics, settings, len(val_labels)
 
 
 def run_evaluation(args: dict, log: Callable[[str], None] = print) -> dict:
@@ -112,34 +131,46 @@ def run_evaluation(args: dict, log: Callable[[str], None] = print) -> dict:
 
     out = Path(args.get("out") or default_out_dir(args))
     cache_dir = Path(args.get("cache_dir") or out / "feature_cache")
-    bs, workers = int(args.get("batch_size", 256)), int(args.get("workers", 0))
+    bs, workers = int(args.get("batch_size") or 256), int(args.get("workers", 0))
     target = bool(args.get("target"))
-    feats = {}
-    for split, source in (("train", splits.train), ("val", splits.val)):
-        key = cache_key(src.weights_id, split, size, target, splits.identity, src.mean, src.std)
-        feats[split] = cached_features(backbone, EvalDataset(source, size, src.mean, src.std),
-                                       cache_dir / f"{split}-{key}.pt", bs, workers, device, log, split)
-    (ftr, ltr), (fva, lva) = feats["train"], feats["val"]
+    weights_id, bn_info = src.weights_id, None
+    if args.get("recompute_bn"):
+        n = recompute_bn(backbone, EvalDataset(splits.train, size, src.mean, src.std),
+                         int(args.get("recompute_bn_images") or 10000), bs, workers, device)
+        weights_id, bn_info = f"{src.weights_id}-bn{n}", {"images": n}
+        log(f"BN statistics re-estimated on {n} clean training images (--recompute-bn)")
 
-    if protocol == "knn":
-        k, temp = int(args.get("k", 200)), float(args.get("temperature", 0.1))
-        metrics = knn_evaluate(ftr, ltr, fva, lva, splits.num_classes, k, temp)
-        settings: dict = {"k": k, "temperature": temp}
-        summary = f"kNN top-1 {metrics['top1']:.2f}% (k={k}, T={temp:g})"
+    if protocol == "linear":
+        metrics, settings, num_val = _recipe_probe(args, backbone, src, splits, size, device, log)
+        num_train = len(splits.train)
+        summary = f"linear top-1 {metrics['top1']:.2f}% (recipe {settings['recipe']}, {settings['epochs']} epochs)"
     else:
-        metrics, settings = _linear_probe(args, backbone, src, splits, size, feats["train"], feats["val"], device)
-        summary = (f"linear top-1 {metrics['top1']:.2f}% ({settings['epochs']} epochs, {settings['optimizer']}, "
-                   f"{'augmented' if settings['augment'] else 'precomputed features'})")
+        feats = {}
+        for split, source in (("train", splits.train), ("val", splits.val)):
+            key = cache_key(weights_id, split, size, target, splits.identity, src.mean, src.std)
+            feats[split] = cached_features(backbone, EvalDataset(source, size, src.mean, src.std),
+                                           cache_dir / f"{split}-{key}.pt", bs, workers, device, log, split)
+        (ftr, ltr), (fva, lva) = feats["train"], feats["val"]
+        num_train, num_val = len(ltr), len(lva)
+        if protocol == "knn":
+            k, temp = int(args.get("k", 200)), float(args.get("temperature", 0.1))
+            metrics = knn_evaluate(ftr, ltr, fva, lva, splits.num_classes, k, temp)
+            settings = {"k": k, "temperature": temp}
+            summary = f"kNN top-1 {metrics['top1']:.2f}% (k={k}, T={temp:g})"
+        else:
+            metrics, settings = _cached_probe(args, splits, feats["train"], feats["val"], device)
+            summary = (f"linear-cached top-1 {metrics['top1']:.2f}% ({settings['epochs']} epochs, "
+                       f"{settings['optimizer']}, fixed centre-crop features)")
     settings["image_size"] = size
-    log(f"{summary} on {splits.name} val, {len(ltr)} train / {len(lva)} val images")
+    log(f"{summary} on {splits.name} val, {num_train} train / {num_val} val images")
 
     schema = KnnRecord if protocol == "knn" else LinearRecord
     record = schema(
         run_id=new_run_id(protocol), method=src.method, rim=src.rim, ifm=src.ifm, backbone=src.backbone,
         cifar_stem=src.cifar_stem, seed=src.seed, source=src.kind, layout=src.layout, target=target,
-        dataset=splits.name, num_classes=splits.num_classes, num_train=len(ltr), num_val=len(lva),
+        dataset=splits.name, num_classes=splits.num_classes, num_train=num_train, num_val=num_val,
         protocol=settings, metrics=metrics, checkpoint=src.checkpoint,
-        checkpoint_sha256=None if src.kind == "random-init" else src.weights_id,
+        checkpoint_sha256=None if src.kind == "random-init" else src.weights_id, recompute_bn=bn_info,
         config=dict(args), config_hash=config_hash(args, ignore=NON_HASHED),
         wall_time_s=round(time.perf_counter() - t0, 3), code_version=code_version(),
     )

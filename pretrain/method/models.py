@@ -10,17 +10,19 @@ from torch import nn
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 
 
-def build_backbone(name: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False) -> nn.Module:
+def build_backbone(name: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False,
+                   cifar_stem_padding: int = 2) -> nn.Module:
     """A randomly initialised torchvision ResNet whose forward returns pooled features (fc removed).
 
-    cifar_stem replaces the 7x7/2 conv and max-pool with a 3x3/1 conv, as usual for 32x32 inputs.
+    cifar_stem replaces the 7x7/2 conv and max-pool with solo-learn's CIFAR stem: a 3x3 stride-1 conv
+    with `cifar_stem_padding` (solo-learn: 2, so a 32x32 input gives a 34x34 map; many other CIFAR
+    ResNets use 1), no bias, PyTorch's default Conv2d initialisation, and no max-pool.
     """
     if name not in FEATURE_DIMS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEATURE_DIMS)}")
     net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
     if cifar_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=cifar_stem_padding, bias=False)
         net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     net.feature_dim = FEATURE_DIMS[name]

@@ -62,6 +62,7 @@ class Siamese(nn.Module):
         self.predictor = predictor
         self.rim = rim
         self.ifm = ifm
+        self.classifier: nn.Linear | None = None  # the online linear classifier (attach_classifier)
         self.distance = DISTANCES[self.name]
         self.view_scale = VIEW_SCALES[self.name]  # BYOL sums its two directions, SimSiam averages them
 
@@ -78,14 +79,23 @@ class Siamese(nn.Module):
         """Hook run after each optimizer step with training progress in [0, 1]; returns EMA momentum."""
         return None
 
+    def attach_classifier(self, num_classes: int) -> None:
+        """Add solo-learn's online linear classifier: a Linear on detached backbone features (no BN)."""
+        self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
+
     def _mask(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         r = self.rim
         masked, _ = random_image_masking(x, r.ratio, r.patch_size, r.fill, r.prob, generator)
         return masked
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, rim_seed: int = 0, ifm_seed: int = 0,
-                ifm_active: bool = True) -> dict[str, torch.Tensor]:
-        """Loss of one step on two batches of views; returns loss, base_loss, ifm_loss and z_std."""
+                ifm_active: bool = True, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Loss of one step on two batches of views; returns loss, base_loss, ifm_loss and z_std.
+
+        With a classifier attached and `labels` given, the online linear classifier's cross-entropy on
+        the detached features of both views (averaged over the views, labels < 0 ignored) is added to
+        the loss as `online_linear_loss`; it trains the classifier only.
+        """
         o1, o2 = v1, v2
         t1, t2 = v1, v2
         if self.rim.enabled:
@@ -116,6 +126,12 @@ class Siamese(nn.Module):
             ifm_loss = self._ifm_loss((h1, h2, z1, z2), (th1, th2, tz1, tz2), t_projector, ifm_seed)
             loss = base + self.ifm.weight * ifm_loss
             out["ifm_loss"] = ifm_loss.detach()
+        if self.classifier is not None and labels is not None and bool((labels >= 0).any()):
+            labels = labels.to(h1.device)
+            ce = 0.5 * (F.cross_entropy(self.classifier(h1.detach()), labels, ignore_index=-1)
+                        + F.cross_entropy(self.classifier(h2.detach()), labels, ignore_index=-1))
+            loss = loss + ce
+            out["online_linear_loss"] = ce.detach()
         out["loss"] = loss
         with torch.no_grad():
             zn = F.normalize(torch.cat([z1, z2]).float(), dim=1)
@@ -197,7 +213,8 @@ class SimSiam(Siamese):
 
 def build_method(cfg) -> Siamese:
     """The method module described by a pretraining config."""
-    backbone = build_backbone(cfg.MODEL.BACKBONE, cfg.MODEL.CIFAR_STEM, cfg.MODEL.ZERO_INIT_RESIDUAL)
+    backbone = build_backbone(cfg.MODEL.BACKBONE, cfg.MODEL.CIFAR_STEM, cfg.MODEL.ZERO_INIT_RESIDUAL,
+                              cfg.MODEL.CIFAR_STEM_PADDING)
     rim = RIMSettings(cfg.RIM.ENABLED, cfg.RIM.RATIO, cfg.RIM.PATCH_SIZE, cfg.RIM.FILL, cfg.RIM.PROB, cfg.RIM.BRANCH)
     ifm = IFMSettings(cfg.IFM.ENABLED, cfg.IFM.ALPHA, cfg.IFM.LEVEL, cfg.IFM.TARGET, cfg.IFM.PARTNER,
                       cfg.IFM.WEIGHT, cfg.IFM.START_EPOCH)

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader
 
 from pretrain.config import config_hash, load_config
 from pretrain.data.datasets import EpochSampler, TwoViewDataset, build_splits
+from pretrain.data.device_views import DeviceViewDataset
 from pretrain.data.views import byol_view_specs
 from pretrain.method.siamese import build_method
 from pretrain.training.checkpoint import FORMAT, FORMAT_VERSION, check_compatible
-from pretrain.training.monitoring import online_knn, progress_bar
+from pretrain.training.monitoring import online_knn, online_linear_accuracy, progress_bar
 from pretrain.training.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.record import pretrain_record
 from rimifm.distributed import Distributed
@@ -84,6 +85,8 @@ class PretrainRun:
     train_epoch() and end_epoch() (kNN, log line, checkpoints), and finally finish() (record.json).
     """
 
+    CHANNELS_LAST_DEVICES = ("cuda",)  # where TRAIN.CHANNELS_LAST applies; tests add "cpu" to run that path
+
     def __init__(self, cfg, config_name: str, env: Distributed):
         self.cfg, self.env, self.device = cfg, env, env.device
         self.precision = resolve_precision(cfg, env.device)
@@ -96,7 +99,10 @@ class PretrainRun:
         torch.manual_seed(cfg.SEED)
         np.random.seed(cfg.SEED % 2**32)
         self.splits = build_splits(cfg)
-        self.dataset = TwoViewDataset(self.splits.train, byol_view_specs(cfg), cfg.DATA.MEAN, cfg.DATA.STD, cfg.SEED)
+        self.num_classes = self._online_linear_classes()
+        views = DeviceViewDataset if cfg.DATA.VIEWS == "device" else TwoViewDataset  # where the colour ops run
+        self.dataset = views(self.splits.train, byol_view_specs(cfg), cfg.DATA.MEAN, cfg.DATA.STD, cfg.SEED,
+                             with_labels=True)
         self.sampler = EpochSampler(len(self.dataset), self.per_rank, env.rank, env.world, cfg.SEED)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.TRAIN.EPOCHS * self.steps_per_epoch
@@ -105,7 +111,9 @@ class PretrainRun:
         self.model = self._build_model()  # the module itself; self.trained wraps it in DDP when needed
         ref = cfg.OPTIM.REFERENCE_BATCH_SIZE
         self.base_lr = cfg.OPTIM.BASE_LR * (cfg.DATA.BATCH_SIZE / ref if ref else 1.0)
-        self.optimizer = build_optimizer(cfg, self.model, self.base_lr)
+        # the online classifier: its own base LR (scaled with the batch like BASE_LR), no weight decay
+        classifier_group = {"classifier.": {"weight_decay": 0.0, "lr_scale": cfg.ONLINE_LINEAR.LR / cfg.OPTIM.BASE_LR}}
+        self.optimizer = build_optimizer(cfg, self.model, self.base_lr, classifier_group)
         self.schedule = warmup_cosine(cfg.OPTIM.WARMUP_EPOCHS / cfg.TRAIN.EPOCHS, cfg.OPTIM.WARMUP_START_FACTOR,
                                       cfg.OPTIM.FINAL_LR_FACTOR)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -129,9 +137,22 @@ class PretrainRun:
                             f"{per_rank}; raise DATA.BATCH_SIZE or use fewer processes")
         return per_rank
 
+    def _online_linear_classes(self) -> int:
+        """Classes of the labelled pretraining images the online classifier learns (0 when it is off)."""
+        if not self.cfg.ONLINE_LINEAR.ENABLED:
+            return 0
+        labels = getattr(self.splits.train, "labels", None)
+        if labels is None or max(labels, default=-1) < 0 or self.splits.knn_val is None:
+            raise UserError(f"ONLINE_LINEAR.ENABLED needs labelled pretraining images and a labelled validation "
+                            f"split; DATA.DATASET {self.cfg.DATA.DATASET} at {self.cfg.DATA.ROOT} has none "
+                            "(use cifar10/cifar100/idx, or a labelled imagefolder with DATA.KNN_VAL)")
+        return int(max(labels)) + 1
+
     def _build_model(self) -> torch.nn.Module:
         cfg, device = self.cfg, self.device
         model = build_method(cfg)
+        if self.num_classes:
+            model.attach_classifier(self.num_classes)
         if cfg.MODEL.SYNC_BN and self.env.world > 1:
             if device.type == "cuda":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -139,7 +160,7 @@ class PretrainRun:
                 print("warning: MODEL.SYNC_BN needs GPUs (PyTorch's SyncBatchNorm is CUDA-only); "
                       "each CPU process keeps its own BatchNorm statistics", file=sys.stderr)
         model.to(device)
-        if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
+        if device.type in self.CHANNELS_LAST_DEVICES and cfg.TRAIN.CHANNELS_LAST:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda" and cfg.TRAIN.DETERMINISTIC:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -182,6 +203,7 @@ class PretrainRun:
         state = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "method": cfg.METHOD, "backbone": cfg.MODEL.BACKBONE, "cifar_stem": cfg.MODEL.CIFAR_STEM,
+            "cifar_stem_padding": cfg.MODEL.CIFAR_STEM_PADDING,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": p.step, "epoch": p.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
@@ -248,8 +270,8 @@ class PretrainRun:
                            epoch, cfg.TRAIN.EPOCHS)
         window_t = t_prev = time.perf_counter()
         window_imgs = 0
-        for v1, v2 in loader:
-            out, lr, momentum = self.step(v1, v2, epoch)
+        for v1, v2, labels in loader:
+            out, lr, momentum = self.step(v1, v2, epoch, labels)
             t_now = time.perf_counter()
             p.history["train_time_s"] += t_now - t_prev
             p.history["train_images"] += self.global_batch
@@ -269,19 +291,20 @@ class PretrainRun:
         if bar is not None:
             bar.close()
 
-    def step(self, v1: torch.Tensor, v2: torch.Tensor, epoch: int) -> tuple[dict, float, float | None]:
+    def step(self, v1: torch.Tensor, v2: torch.Tensor, epoch: int, labels: torch.Tensor | None = None
+             ) -> tuple[dict, float, float | None]:
         """One optimizer step on a batch of view pairs: (model outputs, LR, EMA momentum or None)."""
         cfg, env, p, device = self.cfg, self.env, self.progress, self.device
-        v1 = v1.to(device, non_blocking=True)
-        v2 = v2.to(device, non_blocking=True)
-        if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
+        v1, v2 = self.dataset.to_device(v1, device), self.dataset.to_device(v2, device)  # + colour ops if device
+        if device.type in self.CHANNELS_LAST_DEVICES and cfg.TRAIN.CHANNELS_LAST:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
-        lr = set_lr(self.optimizer, self.base_lr, self.schedule(p.step / self.total_steps))
+        lr = set_lr(self.optimizer, self.base_lr, self.schedule(self.progress_fraction()))
         with self.amp:
             out = self.trained(v1, v2, rim_seed=step_seed(cfg.SEED, p.step, env.rank, STREAM_RIM),
                                ifm_seed=step_seed(cfg.SEED, p.step, env.rank, STREAM_IFM),
-                               ifm_active=epoch >= cfg.IFM.START_EPOCH)
+                               ifm_active=epoch >= cfg.IFM.START_EPOCH,
+                               labels=labels if self.num_classes else None)
         loss = out["loss"]
         if not env.all_finite(loss):
             raise UserError(
@@ -297,14 +320,22 @@ class PretrainRun:
         p.images_seen += self.global_batch
         return out, lr, momentum
 
+    def progress_fraction(self) -> float:
+        """Training progress in [0, 1) for the LR schedule: per step, or per epoch (OPTIM.SCHEDULE_INTERVAL)."""
+        step = self.progress.step
+        if self.cfg.OPTIM.SCHEDULE_INTERVAL == "epoch":
+            step -= step % self.steps_per_epoch
+        return step / self.total_steps
+
     def log_row(self, out: dict, epoch: int, lr: float, momentum: float | None, images_per_s: float) -> dict:
         """One metrics.jsonl line (losses averaged over processes); the latest values go into the history."""
         env = self.env
         row = {"step": self.progress.step, "epoch": epoch, "lr": lr, "loss": env.mean(out["loss"]),
                "base_loss": env.mean(out["base_loss"]), "z_std": env.mean(out["z_std"]),
                "images_per_s": images_per_s}
-        if "ifm_loss" in out:
-            row["ifm_loss"] = env.mean(out["ifm_loss"])
+        for key in ("ifm_loss", "online_linear_loss"):
+            if key in out:
+                row[key] = env.mean(out[key])
         if momentum is not None:
             row["momentum"] = momentum
         self.progress.history.update({k: row[k] for k in ("loss", "base_loss", "z_std", "ifm_loss") if k in row})
@@ -330,6 +361,7 @@ class PretrainRun:
         knn_due = bool(period) and (epoch % period == 0 or epoch == epochs)
         if knn_due:
             self.knn(epoch)
+            self.online_linear(epoch)
         if self.env.main:
             msg = f"epoch {epoch}/{epochs}"
             if "loss" in history:
@@ -342,9 +374,20 @@ class PretrainRun:
         self.save(self.last_path)
         self.env.barrier()
 
+    def online_linear(self, epoch: int) -> dict | None:
+        """Top-1/top-5 of the online classifier on the clean validation split (main process), logged."""
+        if not (self.num_classes and self.env.main):
+            return None
+        result = online_linear_accuracy(self.model, self.splits, self.cfg, self.device)
+        self.progress.history["online_linear"] = {**result, "step": self.progress.step}
+        self.log.write({"step": self.progress.step, "epoch": epoch, "online_linear_top1": result["top1"]})
+        return result
+
     def finish(self) -> dict:
         """Write record.json (main process) and return the record."""
         p = self.progress
+        if self.num_classes and p.history.get("online_linear", {}).get("step") != p.step:
+            self.online_linear(p.step // self.steps_per_epoch)  # stopped by MAX_STEPS inside an epoch
         record = pretrain_record(self.cfg, out_dir=self.out_dir, checkpoint=self.last_path, steps=p.step,
                                  images=len(self.dataset), world_size=self.env.world, device=self.device,
                                  precision=self.precision, history=p.history, wall_time_s=self.wall_time(),
@@ -370,13 +413,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog="Overrides are KEY VALUE pairs, e.g. RIM.ENABLED true IFM.WEIGHT 0.5")
     p.add_argument("--config", default="", help="YAML file, or a name in pretrain/configs/ (default: built-in defaults)")
     p.add_argument("--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/checkpoints/last.pth)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the merged config (defaults, file, overrides) as YAML and exit; reads no data")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if "--print-config" in args.overrides:  # also accepted after the KEY VALUE pairs
+        args.overrides = [x for x in args.overrides if x != "--print-config"]
+        args.print_config = True
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config or None, args.overrides)
+    if args.print_config:
+        print(cfg.dump(), end="")
+        return 0
     train(cfg, args.config, args.resume)
     return 0
 

@@ -1,8 +1,13 @@
-"""What a pretraining run checks while it trains: the online kNN monitor, and its progress bar."""
+"""What a pretraining run checks while it trains: the online kNN monitor, the online linear classifier's
+accuracy, and its progress bar."""
 
 from __future__ import annotations
 
+import torch
+from torch.utils.data import DataLoader
+
 from pretrain.data.datasets import EvalDataset
+from pretrain.evaluation.accuracy import accuracy_metrics
 from pretrain.evaluation.knn import extract_features, knn_top1
 
 
@@ -18,6 +23,25 @@ def online_knn(model, splits, cfg, device) -> float | None:
     fva, lva = extract_features(model.backbone, val, bs, d.NUM_WORKERS, device)
     num_classes = int(max(ltr.max(), lva.max()).item()) + 1
     return knn_top1(ftr, ltr, fva, lva, num_classes, cfg.TRAIN.KNN_K, cfg.TRAIN.KNN_T)
+
+
+@torch.no_grad()
+def online_linear_accuracy(model, splits, cfg, device) -> dict:
+    """The online classifier on the clean validation split, backbone and classifier in eval mode (BN
+    running statistics), as solo-learn validates it: {"top1", "top5", "num_val"}."""
+    d = cfg.DATA
+    val = EvalDataset(splits.knn_val, d.IMAGE_SIZE, d.MEAN, d.STD)
+    loader = DataLoader(val, batch_size=max(64, d.BATCH_SIZE), shuffle=False, num_workers=d.NUM_WORKERS)
+    backbone, classifier = model.backbone, model.classifier
+    modes = backbone.training, classifier.training
+    backbone.eval(), classifier.eval()
+    scores, labels = [], []
+    for x, y in loader:
+        scores.append(classifier(backbone(x.to(device, non_blocking=True))).float().cpu())
+        labels.append(torch.as_tensor(y))
+    backbone.train(modes[0]), classifier.train(modes[1])
+    metrics = accuracy_metrics(torch.cat(scores), torch.cat(labels), classifier.out_features)
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "num_val": len(val)}
 
 
 def progress_bar(enabled: bool, total_images: int, epoch: int, epochs: int):

@@ -9,6 +9,14 @@ from rimifm.records import peak_memory_mb
 from rimifm.schemas import PretrainRecord, record_to_dict
 
 
+def _online_linear(cfg, result: dict | None) -> dict | None:
+    """The online linear protocol's result for the record (None when it was off)."""
+    if not result:
+        return None
+    return {"top1": result["top1"], "top5": result.get("top5"), "num_val": result["num_val"],
+            "lr": cfg.ONLINE_LINEAR.LR, "dataset": cfg.DATA.DATASET}
+
+
 def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images: int, world_size: int, device,
                     precision: str, history: dict, wall_time_s: float, code_version: str) -> dict:
     """Everything the tables need about one pretraining run (its metrics are the run's `history`)."""
@@ -26,7 +34,8 @@ def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images:
         world_size=world_size,
         device=device.type,
         precision=precision,
-        metrics={k: v for k, v in history.items() if k not in ("train_time_s", "train_images")},
+        metrics={k: v for k, v in history.items() if k not in ("train_time_s", "train_images", "online_linear")},
+        online_linear=_online_linear(cfg, history.get("online_linear")),
         config=merged,
         config_hash=config_hash(cfg),
         checkpoint=str(checkpoint),

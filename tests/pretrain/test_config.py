@@ -101,3 +101,23 @@ def test_pickle_module_is_not_needed_for_plain_checkpoints(tmp_path):
     torch.save({"w": torch.ones(2)}, p)
     assert torch.equal(load_checkpoint(p)["w"], torch.ones(2))
     assert pickle  # the unsafe path is opt-in only
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_print_config_prints_the_merged_yaml_and_reads_no_data(tmp_path, capsys, where):
+    """`--print-config` works before or after the KEY VALUE pairs; the YAML it prints loads back to the
+    same config; DATA.ROOT points nowhere, so any data access would fail."""
+    from pretrain.training.loop import main
+    from tests.helpers import run_main
+
+    pairs = ["OPTIM.BASE_LR", "2", "DATA.ROOT", str(tmp_path / "missing"), "RIM.ENABLED", "true"]
+    argv = ["--config", "cifar10_byol.yaml"] + (["--print-config"] + pairs if where == "before" else pairs + ["--print-config"])
+    r = run_main(main, argv, capsys)
+    assert r.returncode == 0, r.stderr
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(r.stdout)
+    again = load_config(str(printed))
+    want = load_config("cifar10_byol.yaml", pairs)
+    assert again.dump() == want.dump()
+    assert again.OPTIM.BASE_LR == 2.0 and again.RIM.ENABLED and again.OPTIM.LARS_FORM == "solo-learn"
+    assert not (tmp_path / "missing").exists() and not any(tmp_path.glob("outputs"))

@@ -154,17 +154,75 @@ def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path, cli):
     assert len(cached) == 2
     mtimes = [p.stat().st_mtime_ns for p in cached]
 
-    r = cli(*common, "--protocol", "linear", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin")
+    r = cli(*common, "--protocol", "linear-cached", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("loaded from cache") == 2 and "features: train computed" not in r.stdout
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     rec = _record(tmp_path / "lin")
     assert rec["kind"] == "linear" and rec["metrics"]["top1"] > 60.0 and rec["metrics"]["top5"] is None
+    assert rec["protocol"]["name"] == "linear-cached"
     assert rec["config_hash"] != _record(tmp_path / "knn")["config_hash"]
 
-    r = cli(*common, "--protocol", "linear", "--epochs", "2", "--augment", "--out", tmp_path / "aug")
+    # the published protocol: solo-learn's recipe (the imagefolder default is MoCo's), shortened -> "-modified"
+    r = cli(*common, "--protocol", "linear", "--recipe", "solo-learn", "--epochs", "2", "--batch-size", "6",
+            "--out", tmp_path / "std")
     assert r.returncode == 0, r.stderr
-    assert "augmented" in r.stdout and _record(tmp_path / "aug")["protocol"]["augment"] is True
+    assert "recipe solo-learn-modified" in r.stdout and "loaded from cache" not in r.stdout
+    proto = _record(tmp_path / "std")["protocol"]
+    assert proto["name"] == "linear" and proto["recipe"] == "solo-learn-modified" and proto["epochs"] == 2
+    assert proto["schedule"] == "step" and proto["milestones"] == [60, 80] and "solo-learn" in proto["source"]
+
+
+def test_linear_recipes_equal_their_sources():
+    """Transcribed from the sources each recipe cites (see their `source`)."""
+    from pretrain.evaluation.recipes import RECIPES, resolve_recipe, schedule_factor
+
+    moco, simsiam, solo = RECIPES["moco"], RECIPES["simsiam"], RECIPES["solo-learn"]
+    # MoCo main_lincls.py: SGD lr 30 (not scaled), batch 256, wd 0, 100 epochs, x0.1 at 60 and 80, N(0, 0.01)
+    assert (moco.optimizer, moco.lr, moco.scale_lr, moco.batch_size, moco.weight_decay, moco.epochs,
+            moco.milestones, moco.init_std) == ("sgd", 30.0, False, 256, 0.0, 100, (60, 80), 0.01)
+    assert [schedule_factor(moco, e) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    # SimSiam main_lincls.py --lars: LARC, lr 0.1 x 4096/256, wd 0, 90 epochs, cosine per epoch, N(0, 0.01)
+    assert (simsiam.optimizer, simsiam.lr, simsiam.scale_lr, simsiam.batch_size, simsiam.weight_decay,
+            simsiam.epochs, simsiam.schedule, simsiam.init_std) == ("lars", 0.1, True, 4096, 0.0, 90, "cosine-epoch", 0.01)
+    assert schedule_factor(simsiam, 45) == pytest.approx(0.5)
+    # solo-learn's CIFAR tutorial: SGD lr 0.1 (x batch/256), batch 128, wd 0, 100 epochs, steps 60/80
+    assert (solo.optimizer, solo.lr, solo.scale_lr, solo.batch_size, solo.weight_decay, solo.epochs,
+            solo.milestones) == ("sgd", 0.1, True, 128, 0.0, 100, (60, 80))
+    assert resolve_recipe({"dataset": "cifar10"})[1] == "solo-learn"
+    assert resolve_recipe({"dataset": "imagefolder"})[1] == "moco"
+    assert resolve_recipe({"dataset": "imagefolder", "lr": 30.0})[1] == "moco"  # the recipe's own value
+    assert resolve_recipe({"dataset": "imagefolder", "epochs": 5})[1] == "moco-modified"
+
+
+def test_recompute_bn_gives_the_clean_batch_statistics():
+    """Precise BN: after re-estimation, bn1's running mean is the mean of conv1's output over the images."""
+    from torch.utils.data import TensorDataset
+
+    from pretrain.evaluation.recipes import recompute_bn
+    from pretrain.method.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", cifar_stem=True).eval()
+    net.bn1.running_mean.fill_(100.0)
+    x = torch.rand(12, 3, 16, 16)
+    n = recompute_bn(net, TensorDataset(x, torch.zeros(12)), images=100, batch_size=12, workers=0,
+                     device=torch.device("cpu"))
+    assert n == 12 and not net.training and net.bn1.momentum == 0.1
+    with torch.no_grad():
+        want = net.conv1(x).mean(dim=(0, 2, 3))
+    assert torch.allclose(net.bn1.running_mean, want, atol=1e-5)
+
+
+def test_cli_recompute_bn_is_recorded_and_keys_the_cache(colour_data, fake_checkpoints, tmp_path, cli):
+    common = [fake_checkpoints["byol"], "--dataset", "imagefolder", "--root", colour_data, "--protocol", "knn",
+              "--k", "3", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    assert cli(*common, "--out", tmp_path / "plain").returncode == 0
+    r = cli(*common, "--recompute-bn", "--recompute-bn-images", "10", "--out", tmp_path / "bn")
+    assert r.returncode == 0, r.stderr
+    assert "re-estimated on 10 clean training images" in r.stdout and "loaded from cache" not in r.stdout
+    assert _record(tmp_path / "bn")["recompute_bn"] == {"images": 10}
+    assert "recompute_bn" not in _record(tmp_path / "plain")
 
 
 def test_cli_our_checkpoint_online_and_target(colour_data, fake_checkpoints, tmp_path, cli):

@@ -1,0 +1,108 @@
+"""The offline linear protocol's recipes, each equal to a published one, and BN re-estimation.
+
+`--protocol linear` trains a linear classifier on raw pooled features of augmented views (random
+resized crop + flip, recomputed every epoch through the frozen backbone with its BN in eval mode) with
+the optimizer, LR, batch, epochs and schedule of one cited recipe. `--protocol linear-cached` is this
+project's fast probe (fixed centre-crop features, L2-normalised then standardised, cosine LR): handy to
+compare runs with each other, but no published number was measured that way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from rimifm.errors import UserError
+from rimifm.precise_bn import cumulative_bn_statistics
+
+
+@dataclass(frozen=True)
+class LinearRecipe:
+    """One published linear-evaluation recipe; `lr` is per 256 images when `scale_lr`."""
+
+    name: str
+    source: str
+    optimizer: str  # sgd | lars (solo-learn/apex LARC form, no clipping, nothing excluded)
+    lr: float
+    scale_lr: bool
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    schedule: str  # "step" (x0.1 at `milestones`, per epoch) | "cosine-epoch"
+    milestones: tuple[int, ...] = ()
+    init_std: float | None = None  # classifier weight ~ N(0, std), bias 0; None = PyTorch's default
+
+
+RECIPES = {
+    "solo-learn": LinearRecipe(
+        "solo-learn", "vturrisi/solo-learn @ 9187ea39c2c3f43c455ab06664d2b019a9802954 "
+        "docs/source/tutorials/offline_linear_eval.rst (CIFAR-10) and main_linear.py",
+        "sgd", 0.1, True, 128, 100, 0.0, "step", (60, 80)),
+    "moco": LinearRecipe(
+        "moco", "facebookresearch/moco @ 7397dfe146c7ca6bbb58e9c382498069178ba764 main_lincls.py and README",
+        "sgd", 30.0, False, 256, 100, 0.0, "step", (60, 80), init_std=0.01),
+    "simsiam": LinearRecipe(
+        "simsiam", "facebookresearch/simsiam @ a7bc1772896d0dad0806c51f0bb6f3b16d290468 main_lincls.py --lars "
+        "and README", "lars", 0.1, True, 4096, 90, 0.0, "cosine-epoch", init_std=0.01),
+}
+#: the recipe `--protocol linear` uses when none is named: solo-learn's for small images, MoCo's otherwise
+DEFAULT_RECIPE = {"cifar10": "solo-learn", "cifar100": "solo-learn", "idx": "solo-learn", "synthetic": "solo-learn",
+                  "imagefolder": "moco"}
+
+
+def resolve_recipe(args: dict) -> tuple[LinearRecipe, str]:
+    """The recipe of a `linear` evaluation and its recorded name; explicit --epochs/--lr/--batch-size/
+    --weight-decay replace the recipe's values and make the name '<recipe>-modified'."""
+    name = args.get("recipe") or DEFAULT_RECIPE.get(args["dataset"], "moco")
+    if name not in RECIPES:
+        raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    changes = {k: args[k] for k in ("epochs", "lr", "batch_size", "weight_decay") if args.get(k) is not None}
+    if args.get("optimizer") is not None:
+        changes["optimizer"] = args["optimizer"]
+    changed = {k: v for k, v in changes.items() if getattr(recipe, k) != v}
+    if changed:
+        return replace(recipe, **changed), f"{name}-modified"
+    return recipe, name
+
+
+def schedule_factor(recipe: LinearRecipe, epoch: int) -> float:
+    """The LR multiplier of an epoch (both published linear schedules change the LR once per epoch)."""
+    import math
+
+    if recipe.schedule == "step":
+        return 0.1 ** sum(epoch >= m for m in recipe.milestones)
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))
+
+
+def make_head(dim: int, num_classes: int, recipe: LinearRecipe) -> nn.Linear:
+    head = nn.Linear(dim, num_classes)
+    if recipe.init_std is not None:
+        nn.init.normal_(head.weight, std=recipe.init_std)
+        nn.init.zeros_(head.bias)
+    return head
+
+
+@torch.no_grad()
+def recompute_bn(backbone: nn.Module, dataset: Dataset, images: int, batch_size: int, workers: int,
+                 device: torch.device) -> int:
+    """Re-estimate the backbone's BN running statistics on the first `images` clean images of `dataset`
+    (precise BN: an equal-weight average over the batches); returns how many images were used."""
+    if images < 1:
+        raise UserError(f"--recompute-bn-images must be >= 1 (got {images})")
+    n = min(images, len(dataset))
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)
+    was_training = backbone.training
+    backbone.train()
+    with cumulative_bn_statistics(backbone):
+        for x, _ in loader:
+            backbone(x.to(device, non_blocking=True))
+    backbone.train(was_training)
+    return n
+
+
+__all__ = ["DEFAULT_RECIPE", "LinearRecipe", "RECIPES", "make_head", "recompute_bn", "resolve_recipe",
+           "schedule_factor"]
