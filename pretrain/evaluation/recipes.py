@@ -5,6 +5,9 @@ resized crop + flip, recomputed every epoch through the frozen backbone with its
 the optimizer, LR, batch, epochs and schedule of one cited recipe. `--protocol linear-cached` is this
 project's fast probe (fixed centre-crop features, L2-normalised then standardised, cosine LR): handy to
 compare runs with each other, but no published number was measured that way.
+
+We report the last epoch's top-1. MoCo's and SimSiam's main_lincls.py report the best epoch's top-1
+on the validation set itself, which selects on the test data and reads a little higher.
 """
 
 from __future__ import annotations
