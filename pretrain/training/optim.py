@@ -11,7 +11,6 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
-
 #: the two published LARS trust ratios (`OPTIM.LARS_FORM`)
 LARS_FORMS = ("byol", "solo-learn")
 
