@@ -1,4 +1,4 @@
-"""Optimisers (SGD, LARS), parameter groups without weight decay on norms and biases, schedules."""
+"""Optimisers (SGD; LARS in BYOL's and solo-learn's forms), their parameter groups (bias/norm exclusions), schedules."""
 
 from __future__ import annotations
 
