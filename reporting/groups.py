@@ -120,11 +120,5 @@ def compare(group: Group, groups: dict[tuple, Group], metric: str) -> Delta | No
     return Delta(a.mean - b.mean, combined)
 
 
-def delta(group: Group, groups: dict[tuple, Group], metric: str) -> float | None:
-    """mean(row) - mean(base row), or None (see compare)."""
-    d = compare(group, groups, metric)
-    return None if d is None else d.value
-
-
-__all__ = ["UNC_KINDS", "Delta", "Group", "Stat", "binomial_se", "compare", "delta", "group_runs", "mean_std",
+__all__ = ["UNC_KINDS", "Delta", "Group", "Stat", "binomial_se", "compare", "group_runs", "mean_std",
            "seed_text", "summarise"]

@@ -10,14 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.evaluation.recipes import make_head, schedule_factor
 from pretrain.training.optim import LARS, param_groups, warmup_cosine
 from rimifm.errors import UserError
 
 
-def _make_optimizer(head: nn.Linear, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = param_groups(head, weight_decay)
+def _make_optimizer(head: nn.Linear, name: str, lr: float, weight_decay: float, lars_form: str = "byol",
+                    exclude_bias: bool = True) -> torch.optim.Optimizer:
+    """Momentum-0.9 SGD or LARS over the head; `exclude_bias` keeps the bias out of weight decay and LARS."""
+    groups = param_groups(head, weight_decay, exclude_bias_n_norm_wd=exclude_bias,
+                          lars_exclude_bias_n_norm=exclude_bias)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, form=lars_form)
     if name != "sgd":
         raise UserError(f"unknown --optimizer {name!r}; choose sgd or lars")
     for g in groups:
@@ -73,20 +77,12 @@ def train_linear_recipe(backbone: nn.Module, dataset_for_epoch: Callable[[int], 
     pooled features train the classifier with the recipe's optimizer, LR (x batch / 256 when the recipe
     scales it), weight decay and per-epoch schedule.
     """
-    from pretrain.evaluation.recipes import make_head, schedule_factor
-
     torch.manual_seed(seed)
     head = make_head(feature_dim, num_classes, recipe).to(device)
     base_lr = recipe.lr * (recipe.batch_size / 256 if recipe.scale_lr else 1.0)
-    params = [dict(params=[head.weight, head.bias], weight_decay=recipe.weight_decay, lars_exclude=False)]
-    if recipe.optimizer == "lars":  # apex LARC as SimSiam's main_lincls uses it: trust 0.001, no clip, nothing excluded
-        opt = LARS(params, lr=base_lr, momentum=0.9, weight_decay=recipe.weight_decay, eta=0.001,
-                   form="solo-learn", clip_lr=False)
-    elif recipe.optimizer == "sgd":
-        params[0].pop("lars_exclude")
-        opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=recipe.weight_decay)
-    else:
-        raise UserError(f"unknown --optimizer {recipe.optimizer!r}; choose sgd or lars")
+    # LARS is apex's LARC as SimSiam's main_lincls uses it: trust 0.001, no clip, nothing excluded
+    opt = _make_optimizer(head, recipe.optimizer, base_lr, recipe.weight_decay, lars_form="solo-learn",
+                          exclude_bias=False)
     was_training = backbone.training
     backbone.eval()
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ on the validation set itself, which selects on the test data and reads a little 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -74,8 +75,6 @@ def resolve_recipe(args: dict) -> tuple[LinearRecipe, str]:
 
 def schedule_factor(recipe: LinearRecipe, epoch: int) -> float:
     """The LR multiplier of an epoch (both published linear schedules change the LR once per epoch)."""
-    import math
-
     if recipe.schedule == "step":
         return 0.1 ** sum(epoch >= m for m in recipe.milestones)
     return 0.5 * (1.0 + math.cos(math.pi * epoch / recipe.epochs))

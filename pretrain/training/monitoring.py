@@ -4,7 +4,6 @@ accuracy, and its progress bar."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
 
 from pretrain.data.datasets import EvalDataset
 from pretrain.evaluation.accuracy import accuracy_metrics
@@ -31,16 +30,14 @@ def online_linear_accuracy(model, splits, cfg, device) -> dict:
     running statistics), as solo-learn validates it: {"top1", "top5", "num_val"}."""
     d = cfg.DATA
     val = EvalDataset(splits.knn_val, d.IMAGE_SIZE, d.MEAN, d.STD)
-    loader = DataLoader(val, batch_size=max(64, d.BATCH_SIZE), shuffle=False, num_workers=d.NUM_WORKERS)
-    backbone, classifier = model.backbone, model.classifier
-    modes = backbone.training, classifier.training
-    backbone.eval(), classifier.eval()
-    scores, labels = [], []
-    for x, y in loader:
-        scores.append(classifier(backbone(x.to(device, non_blocking=True))).float().cpu())
-        labels.append(torch.as_tensor(y))
-    backbone.train(modes[0]), classifier.train(modes[1])
-    metrics = accuracy_metrics(torch.cat(scores), torch.cat(labels), classifier.out_features)
+    feats, labels = extract_features(model.backbone, val, max(64, d.BATCH_SIZE), d.NUM_WORKERS, device,
+                                     normalize=False)
+    classifier = model.classifier
+    was_training = classifier.training
+    classifier.eval()
+    scores = classifier(feats.to(classifier.weight.device)).float().cpu()
+    classifier.train(was_training)
+    metrics = accuracy_metrics(scores, labels, classifier.out_features)
     return {"top1": metrics["top1"], "top5": metrics["top5"], "num_val": len(val)}
 
 
