@@ -94,6 +94,9 @@ def add_rimifm_config(cfg: FvCfgNode) -> FvCfgNode:
     # folder holding the synthetic set (its detection/VOC2007); "" = $RIMIFM_SYNTHETIC or
     # $DETECTRON2_DATASETS/synthetic (default datasets/synthetic)
     node.SYNTHETIC_ROOT = ""
+    # the backbone's stem (rimifm/resnets.py): imagenet = detectron2's 7x7 + max-pool; small = 3x3 stride 2, no
+    # max-pool (resnet_tiny); cifar = 3x3 stride 1. Only the torchvision engine builds stems other than imagenet.
+    node.STEM = "imagenet"
     cfg.RIMIFM = node
     return cfg
 

@@ -23,7 +23,7 @@ def convert_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     """Load, convert, validate and write; nothing is written unless every check passes."""
     ckpt = load_checkpoint(input_path, unsafe_legacy_pickle=unsafe_legacy_pickle)
     conv = convert_checkpoint(ckpt, target=target, prefix=prefix, depth=depth)
-    save_d2_pkl(conv.model, output_path)
+    save_d2_pkl(conv.model, output_path, arch=conv.arch)
     return conv
 
 

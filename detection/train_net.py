@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     """Resolve the config and the engine, then let the engine train and/or evaluate."""
     args = parse_args(argv)
     resolve_config_path(args.config)  # a wrong name fails here, before any engine is imported
-    args.engine, engine = select_engine(args.engine)
+    args.engine, engine = select_engine(args.engine, args.config, args.opts)
     engine.run(args)
     return 0
 

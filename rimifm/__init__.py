@@ -11,6 +11,7 @@ rimifm <- synthetic <- pretrain <- detection <- reporting <- demo <- tools):
 - config:          helpers for yacs/fvcore configs (dotted keys, overrides, hashing)
 - records:         writing record.json (stable JSON, run ids, code version, peak memory)
 - schemas:         the record schema of every run kind (pretrain, knn, linear, detection) and its validator
+- resnets:         the ResNet architectures by name (torchvision's and the CPU-sized resnet_tiny) and their builder
 - resnet_weights:  ResNet tensor names (torchvision <-> detectron2) and checkpoint layout detection
 - cli:             argparse value types shared by the command-line tools
 """

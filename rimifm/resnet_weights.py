@@ -33,17 +33,14 @@ import torch
 
 from rimifm.errors import UserError, first_line
 from rimifm.io import PRETRAIN_CHECKPOINT_FORMAT, atomic_pickle
+from rimifm.resnets import ARCHS, RESNET_LAYOUTS, arch_metadata, get_arch
 
 OUR_FORMAT = PRETRAIN_CHECKPOINT_FORMAT
 AUTHOR = "rimifm"
 
-#: blocks per stage (layer1..layer4) and whether the blocks are bottlenecks
-RESNET_LAYOUTS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
-    18: ((2, 2, 2, 2), False),
-    34: ((3, 4, 6, 3), False),
-    50: ((3, 4, 6, 3), True),
-    101: ((3, 4, 23, 3), True),
-}
+#: the key of a converted .pkl that names its architecture (rimifm.resnets.arch_metadata): the stem's stride
+#: is not in the weights. detectron2 ignores it; our loaders read it.
+ARCH_KEY = "rimifm_arch"
 
 #: prefixes under which known codebases store the (online / query) backbone, with a layout name.
 #: Detection picks the longest one whose stem is present; `--prefix` overrides.
@@ -92,11 +89,14 @@ class Conversion:
     prefix: str
     depth: int
     dropped: list[str] = field(default_factory=list)
+    arch: dict | None = None  # rimifm.resnets.arch_metadata of our checkpoints; None when the file does not say
 
     def summary(self, output: str | os.PathLike | None = None) -> str:
         """One line for the log: layout, container, prefix, depth, tensor count, output."""
         line = (f"layout={self.layout} container={self.container} prefix={self.prefix!r} "
                 f"depth={self.depth} tensors={len(self.model)}")
+        if self.arch is not None and (self.arch.get("width"), self.arch.get("stem")) != (64, "imagenet"):
+            line += f" arch={self.arch['name']} (width {self.arch['width']}, {self.arch['stem']} stem)"
         return line + (f" -> {output}" if output is not None else "")
 
 
@@ -279,8 +279,20 @@ def infer_depth(tv_state: Mapping[str, Any]) -> int:
 
 
 def _depth_from_name(name: Any) -> int | None:
+    if str(name) in ARCHS:
+        return ARCHS[str(name)].depth
     m = re.fullmatch(r"resnet(\d+)", str(name).strip().lower())
     return int(m.group(1)) if m else None
+
+
+def _our_arch(ckpt: Mapping[str, Any]) -> dict | None:
+    """The architecture entry of one of our pretraining checkpoints (older ones: from its backbone name)."""
+    if isinstance(ckpt.get("arch"), Mapping):
+        return dict(ckpt["arch"])
+    if ckpt.get("backbone") in ARCHS:
+        arch = get_arch(ckpt["backbone"])
+        return arch_metadata(arch.with_stem("cifar") if ckpt.get("cifar_stem") else arch)
+    return None
 
 
 def convert_checkpoint(ckpt: Any, *, target: bool = False, prefix: str | None = None,
@@ -302,7 +314,9 @@ def convert_checkpoint(ckpt: Any, *, target: bool = False, prefix: str | None = 
 
     ours = ckpt.get("format") == OUR_FORMAT
     declared_depth = None
-    if ours and "backbone" in ckpt:
+    if ours and isinstance(ckpt.get("arch"), Mapping):
+        declared_depth = int(ckpt["arch"].get("depth", 0)) or None
+    elif ours and "backbone" in ckpt:
         declared_depth = _depth_from_name(ckpt["backbone"])
         if declared_depth is None:
             raise UserError(f"checkpoint backbone {ckpt['backbone']!r} is not a ResNet this converter supports")
@@ -353,7 +367,7 @@ def convert_checkpoint(ckpt: Any, *, target: bool = False, prefix: str | None = 
     final_depth = depth or declared_depth or infer_depth(tv)
     _validate(model, final_depth)
     return Conversion(model=model, layout=table[pfx], container=path or "<top level>", prefix=pfx,
-                      depth=final_depth, dropped=dropped)
+                      depth=final_depth, dropped=dropped, arch=_our_arch(ckpt) if ours else None)
 
 
 def _validate(model: Mapping[str, Any], depth: int) -> None:
@@ -376,9 +390,13 @@ def _validate(model: Mapping[str, Any], depth: int) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def save_d2_pkl(model: Mapping[str, np.ndarray], path: str | os.PathLike, author: str = AUTHOR) -> None:
-    """Write `{"model", "__author__", "matching_heuristics"}` atomically (temp file in the folder, then rename)."""
+def save_d2_pkl(model: Mapping[str, np.ndarray], path: str | os.PathLike, author: str = AUTHOR,
+                arch: Mapping[str, Any] | None = None) -> None:
+    """Write `{"model", "__author__", "matching_heuristics"}` (and ARCH_KEY when `arch` is known) atomically
+    (temp file in the folder, then rename)."""
     payload = {"model": dict(model), "__author__": author, "matching_heuristics": True}
+    if arch is not None:
+        payload[ARCH_KEY] = dict(arch)
     atomic_pickle(payload, path)
 
 

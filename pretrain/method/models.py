@@ -1,31 +1,36 @@
-"""Backbones (torchvision ResNets) and the MLP heads of BYOL and SimSiam."""
+"""Backbones (the ResNets of rimifm/resnets.py, fc removed) and the MLP heads of BYOL and SimSiam."""
 
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
-#: the ResNets build_backbone makes (pretraining offers 18/34/50; evaluation also loads ResNet-101 checkpoints)
-FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+from rimifm.resnets import ARCHS, ResNetArch, build_resnet, get_arch
+
+#: pooled feature channels of every named backbone (resnet101 is evaluated, not pretrained, here)
+FEATURE_DIMS = {name: arch.feature_dim for name, arch in ARCHS.items()}
+
+
+def backbone_arch(name: str = "resnet18", cifar_stem: bool = False) -> ResNetArch:
+    """The architecture of MODEL.BACKBONE `name`; MODEL.CIFAR_STEM replaces its stem by the 3x3 stride-1 one."""
+    arch = get_arch(name)
+    return arch.with_stem("cifar") if cifar_stem else arch
 
 
 def build_backbone(name: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False,
                    cifar_stem_padding: int = 2) -> nn.Module:
-    """A randomly initialised torchvision ResNet whose forward returns pooled features (fc removed).
+    """A randomly initialised ResNet whose forward returns pooled features (fc removed).
 
-    cifar_stem replaces the 7x7/2 conv and max-pool with solo-learn's CIFAR stem: a 3x3 stride-1 conv
-    with `cifar_stem_padding` (solo-learn: 2, so a 32x32 input gives a 34x34 map; many other CIFAR
-    ResNets use 1), no bias, PyTorch's default Conv2d initialisation, and no max-pool.
+    `name` is one of rimifm.resnets.ARCHS (torchvision's ResNets, or the CPU-sized `resnet_tiny`).
+    cifar_stem replaces the stem with solo-learn's CIFAR stem: a 3x3 stride-1 conv with
+    `cifar_stem_padding` (solo-learn: 2, so a 32x32 input gives a 34x34 map; many other CIFAR
+    ResNets use 1), no bias, PyTorch's default Conv2d initialisation (torchvision widths), and no max-pool.
     """
-    if name not in FEATURE_DIMS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEATURE_DIMS)}")
-    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
-    if cifar_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=cifar_stem_padding, bias=False)
-        net.maxpool = nn.Identity()
+    arch = backbone_arch(name, cifar_stem)
+    net = build_resnet(arch, zero_init_residual, stem_padding=cifar_stem_padding if cifar_stem else None)
     net.fc = nn.Identity()
-    net.feature_dim = FEATURE_DIMS[name]
+    net.feature_dim = arch.feature_dim
+    net.arch = arch
     return net
 
 

@@ -13,14 +13,16 @@ from torch import nn
 
 from detection.engines.torchvision.layers import ConvNorm
 from detection.engines.torchvision.norms import freeze_norms, resnet_norm_layer
+from rimifm.resnets import ResNetArch
+from rimifm.resnets import build_resnet as build_arch
 
 #: torchvision's names of res2..res5
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def build_resnet(depth: int, norm: str) -> torchvision.models.ResNet:
-    """torchvision's ResNet-`depth`, randomly initialised, with the config's norm (MODEL.RESNETS.NORM)."""
-    return getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=resnet_norm_layer(norm))
+def build_resnet(arch: ResNetArch, norm: str) -> torchvision.models.ResNet:
+    """The ResNet of `arch` (rimifm/resnets.py), randomly initialised, with the config's norm (MODEL.RESNETS.NORM)."""
+    return build_arch(arch, norm_layer=resnet_norm_layer(norm))
 
 
 def stage_out_channels(stage: nn.Sequential) -> int:
@@ -32,14 +34,14 @@ def stage_out_channels(stage: nn.Sequential) -> int:
 class ResNetBody(nn.Module):
     """torchvision ResNet stem and stages (names as torchvision's: conv1, bn1, layer1..), returning res2.."""
 
-    def __init__(self, net: torchvision.models.ResNet, stages: int) -> None:
+    def __init__(self, net: torchvision.models.ResNet, stages: int, stem_stride: int = 4) -> None:
         super().__init__()
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.stages = stages
         for name in STAGES[:stages]:
             setattr(self, name, getattr(net, name))
         self.channels = {f"res{i + 2}": stage_out_channels(getattr(net, STAGES[i])) for i in range(stages)}
-        self.strides = {f"res{i + 2}": 2 ** (i + 2) for i in range(stages)}
+        self.strides = {f"res{i + 2}": stem_stride * 2 ** i for i in range(stages)}  # res2: the stem's stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -97,12 +99,12 @@ class FPN(nn.Module):
 
 
 class C4Backbone(nn.Module):
-    """ResNet up to res4 (stride 16); res5 goes to the box head."""
+    """ResNet up to res4 (stride 16 with the ImageNet stem); res5 goes to the box head."""
 
     def __init__(self, body: ResNetBody) -> None:
         super().__init__()
         self.body = body
-        self.strides = {"res4": 16}
+        self.strides = {"res4": body.strides["res4"]}
         self.channels = {"res4": body.channels["res4"]}
         self.size_divisibility = 0
 

@@ -15,9 +15,27 @@ from detection.engines.torchvision.modeling import FasterRCNN, backbone_targets
 from rimifm.errors import UserError
 from rimifm.io import DETECTION_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from rimifm.io import atomic_torch_save, atomic_write_text, load_checkpoint
-from rimifm.resnet_weights import d2_to_torchvision, load_d2_pkl
+from rimifm.resnet_weights import ARCH_KEY, d2_to_torchvision, load_d2_pkl
+from rimifm.resnets import ResNetArch, arch_from_metadata
 
 logger = logging.getLogger("detection")
+
+
+def arch_keys(arch: ResNetArch) -> str:
+    """The config values that build `arch` in this engine."""
+    return (f"MODEL.RESNETS.DEPTH {arch.depth}, MODEL.RESNETS.STEM_OUT_CHANNELS {arch.width}, "
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS {arch.width * (4 if arch.bottleneck else 1)} and RIMIFM.STEM {arch.stem}")
+
+
+def check_arch(data: dict, path: str, want: ResNetArch) -> None:
+    """A converted .pkl that names its architecture (ARCH_KEY) must name the one the config builds."""
+    meta = data.get(ARCH_KEY)
+    if not isinstance(meta, dict):
+        return  # older or third-party files: the tensor shapes are checked one by one instead
+    have = arch_from_metadata(meta, str(path))
+    if (have.depth, have.width, have.stem) != (want.depth, want.width, want.stem):
+        raise UserError(f"MODEL.WEIGHTS {path} holds {have.describe()}, but the config builds {want.describe()}: "
+                        f"set {arch_keys(have)}")
 
 
 def load_backbone_pkl(model: FasterRCNN, path: str) -> int:
@@ -26,7 +44,9 @@ def load_backbone_pkl(model: FasterRCNN, path: str) -> int:
     Every backbone tensor of the model must be filled with a tensor of the same shape (UserError
     otherwise, naming what is missing or mismatched); tensors without a place are reported.
     """
-    source = d2_to_torchvision(load_d2_pkl(path)["model"])
+    data = load_d2_pkl(path)
+    check_arch(data, path, model.arch)
+    source = d2_to_torchvision(data["model"])
     targets = backbone_targets(model)
     state = model.state_dict()
     loaded, unplaced, mismatched = {}, [], []

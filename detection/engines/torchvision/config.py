@@ -24,9 +24,10 @@ from detection.config import (
 )
 from rimifm.config import get_dotted
 from rimifm.errors import UserError
+from rimifm.resnets import STEMS, ResNetArch, arch_for
 
 NORMS = ("", "BN", "SyncBN", "naiveSyncBN", "FrozenBN", "GN")
-DEPTHS = (18, 34, 50, 101)
+DEPTHS = (10, 18, 34, 50, 101)
 
 #: honoured keys with detectron2's default values
 HONOURED: dict[str, Any] = {
@@ -57,7 +58,7 @@ HONOURED: dict[str, Any] = {
             "FC_DIM": 1024, "NUM_CONV": 0, "CONV_DIM": 256, "NORM": "",
         },
         "RESNETS": {"DEPTH": 50, "OUT_FEATURES": ["res4"], "NORM": "FrozenBN", "STRIDE_IN_1X1": True,
-                    "RES2_OUT_CHANNELS": 256},
+                    "RES2_OUT_CHANNELS": 256, "STEM_OUT_CHANNELS": 64},
     },
     "INPUT": {"MIN_SIZE_TRAIN": (800,), "MIN_SIZE_TRAIN_SAMPLING": "choice", "MAX_SIZE_TRAIN": 1333,
               "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333, "RANDOM_FLIP": "horizontal", "FORMAT": "BGR"},
@@ -100,7 +101,6 @@ FIXED: dict[str, Any] = {
     "MODEL.RESNETS.NUM_GROUPS": 1,
     "MODEL.RESNETS.WIDTH_PER_GROUP": 64,
     "MODEL.RESNETS.RES5_DILATION": 1,
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, False, False],
     "INPUT.CROP.ENABLED": False,
     "DATASETS.PROPOSAL_FILES_TRAIN": (),
@@ -181,6 +181,12 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def resnet_arch(cfg: Any) -> ResNetArch:
+    """The backbone architecture a config describes: MODEL.RESNETS.DEPTH, STEM_OUT_CHANNELS (the width) and
+    RIMIFM.STEM (imagenet = detectron2's stem)."""
+    return arch_for(int(cfg.MODEL.RESNETS.DEPTH), int(cfg.MODEL.RESNETS.STEM_OUT_CHANNELS), str(cfg.RIMIFM.STEM))
+
+
 def is_fpn(cfg: Any) -> bool:
     """True for the ResNet-FPN backbone, False for ResNet-C4."""
     return cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
@@ -198,10 +204,18 @@ def unsupported_keys(cfg: Any) -> list[str]:
     if bottleneck and m.RESNETS.STRIDE_IN_1X1:
         bad.append("MODEL.RESNETS.STRIDE_IN_1X1 = True (torchvision's bottleneck strides in the 3x3 conv: "
                    "set False, as the MoCo-protocol configs do)")
-    res2 = 256 if bottleneck else 64
+    # the width of torchvision's layout: res2 has the stem's channels (basic blocks) or 4x them (bottlenecks)
+    res2 = m.RESNETS.STEM_OUT_CHANNELS * (4 if bottleneck else 1)
     if m.RESNETS.RES2_OUT_CHANNELS != res2:
         bad.append(f"MODEL.RESNETS.RES2_OUT_CHANNELS = {m.RESNETS.RES2_OUT_CHANNELS} (a ResNet-{m.RESNETS.DEPTH} "
-                   f"has {res2})")
+                   f"with STEM_OUT_CHANNELS {m.RESNETS.STEM_OUT_CHANNELS} has {res2})")
+    if m.RESNETS.STEM_OUT_CHANNELS < 1:
+        bad.append(f"MODEL.RESNETS.STEM_OUT_CHANNELS = {m.RESNETS.STEM_OUT_CHANNELS} (must be >= 1)")
+    if cfg.RIMIFM.STEM not in STEMS:
+        bad.append(f"RIMIFM.STEM = {cfg.RIMIFM.STEM!r} (one of {', '.join(STEMS)})")
+    if "GN" in (m.RESNETS.NORM, m.FPN.NORM, m.ROI_BOX_HEAD.NORM) and m.RESNETS.STEM_OUT_CHANNELS % 32:
+        bad.append(f"MODEL.RESNETS.NORM = 'GN' needs channels divisible by GroupNorm's 32 groups; "
+                   f"STEM_OUT_CHANNELS {m.RESNETS.STEM_OUT_CHANNELS} is not (use BN or SyncBN)")
     for key, value in (("MODEL.RESNETS.NORM", m.RESNETS.NORM), ("MODEL.FPN.NORM", m.FPN.NORM),
                        ("MODEL.ROI_BOX_HEAD.NORM", m.ROI_BOX_HEAD.NORM)):
         if value not in NORMS:
@@ -268,4 +282,5 @@ def build_cfg(config: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     return cfg
 
 
-__all__ = ["FIXED", "HONOURED", "INERT", "build_cfg", "get_default_config", "is_fpn", "unsupported_keys"]
+__all__ = ["FIXED", "HONOURED", "INERT", "build_cfg", "get_default_config", "is_fpn", "resnet_arch",
+           "unsupported_keys"]

@@ -36,7 +36,7 @@ from detection.engines.torchvision.backbone import (
     build_resnet,
     stage_out_channels,
 )
-from detection.engines.torchvision.config import is_fpn
+from detection.engines.torchvision.config import is_fpn, resnet_arch
 from detection.engines.torchvision.norms import make_norm
 from detection.engines.torchvision.roi_heads import ConvFCHead, Res5Head, RoIHeads
 from detection.engines.torchvision.rpn import RPN
@@ -49,17 +49,18 @@ class FasterRCNN(nn.Module):
         super().__init__()
         m = cfg.MODEL
         self.depth, self.resnet_norm = int(m.RESNETS.DEPTH), str(m.RESNETS.NORM)
-        net = build_resnet(m.RESNETS.DEPTH, m.RESNETS.NORM)
+        self.arch = resnet_arch(cfg)
+        net = build_resnet(self.arch, m.RESNETS.NORM)
         self.fpn = is_fpn(cfg)
         if self.fpn:
-            body = ResNetBody(net, 4)
+            body = ResNetBody(net, 4, self.arch.stem_stride)
             body.freeze(m.BACKBONE.FREEZE_AT)
             self.backbone: nn.Module = FPN(body, m.FPN.IN_FEATURES, m.FPN.OUT_CHANNELS, m.FPN.NORM, m.FPN.FUSE_TYPE)
             b = m.ROI_BOX_HEAD
             head: nn.Module = ConvFCHead(m.FPN.OUT_CHANNELS, b.POOLER_RESOLUTION, b.NUM_CONV, b.CONV_DIM, b.NUM_FC,
                                          b.FC_DIM, b.NORM)
         else:
-            body = ResNetBody(net, 3)
+            body = ResNetBody(net, 3, self.arch.stem_stride)
             body.freeze(m.BACKBONE.FREEZE_AT)
             self.backbone = C4Backbone(body)
             extra = make_norm(m.RESNETS.NORM, stage_out_channels(net.layer4)) \
