@@ -3,6 +3,10 @@
 python benchmarks/pretrain_throughput.py [--method byol] [--backbone resnet18] [--image-size 32]
        [--batch 64] [--steps 10] [--warmup 3] [--device auto] [--cifar-stem]
        [--variants base +RIM +IFM +RIM+IFM] [--rounds 1]
+python benchmarks/pretrain_throughput.py --config fmnist_cpu_byol.yaml [KEY VALUE ...] [--steps 10]
+
+`--batch 64` with the defaults gives the machine's calibration figure, its `base` row (see
+pretrain/training/throughput.py): every timing in this project is quoted with it.
 
 Times the full step (forward of both branches, loss, backward, optimizer step, EMA update) on
 random tensors, so data loading is excluded and the figures isolate the method's own cost.
@@ -21,9 +25,7 @@ import time
 
 import torch
 
-from pretrain.config import load_config
-from pretrain.method.siamese import build_method
-from pretrain.training.optim import build_optimizer
+from pretrain.training.throughput import build_step
 from rimifm.distributed import resolve_device
 
 VARIANTS = {"base": (False, False), "+RIM": (True, False), "+IFM": (False, True), "+RIM+IFM": (True, True)}
@@ -31,44 +33,14 @@ VARIANTS = {"base": (False, False), "+RIM": (True, False), "+IFM": (False, True)
 
 def build(args, rim: bool, ifm: bool, device: torch.device):
     """One variant's model and optimizer; returns step(i), one full training step."""
-    overrides = ["METHOD", args.method, "MODEL.BACKBONE", args.backbone, "MODEL.CIFAR_STEM", str(args.cifar_stem),
-                 "DATA.IMAGE_SIZE", str(args.image_size), "RIM.ENABLED", str(rim), "IFM.ENABLED", str(ifm),
-                 "RIM.PROB", "1.0"]
-    if args.method == "simsiam":
-        overrides += ["MODEL.PROJ_HIDDEN_DIM", "2048", "MODEL.PROJ_OUTPUT_DIM", "2048", "MODEL.PRED_HIDDEN_DIM", "512"]
-    cfg = load_config(None, overrides)
-    torch.manual_seed(0)
-    model = build_method(cfg).to(device)
-    opt = build_optimizer(cfg, model, 0.01)
-    amp = device.type == "cuda"
-    if amp:
-        model = model.to(memory_format=torch.channels_last)
-    v1 = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
-    v2 = torch.randn_like(v1)
-    if amp:
-        v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-
-    def step(i: int) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model(v1, v2, rim_seed=i, ifm_seed=i)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.after_step(0.5)
-
-    return step
+    return build_step(args.method, args.backbone, args.image_size, args.batch, rim, ifm, device, args.cifar_stem)
 
 
 def timed(args, step, device: torch.device, first: int) -> float:
     """Images/s of args.steps calls of step (seeds first, first + 1, ...)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(first, first + args.steps):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return args.batch * args.steps / (time.perf_counter() - t0)
+    from pretrain.training.throughput import timed as timed_steps
+
+    return timed_steps(step, args.batch, args.steps, device, first)
 
 
 def measure(args, rim: bool, ifm: bool, device: torch.device) -> float:
@@ -91,10 +63,74 @@ def measure_interleaved(args, names: list[str], device: torch.device) -> dict[st
     return figures
 
 
+EXAMPLES = """examples:
+  python benchmarks/pretrain_throughput.py --batch 64            # the calibration figure: its base row
+  python benchmarks/pretrain_throughput.py --config fmnist_cpu_byol.yaml DATA.ROOT /usr/share/datasets/fashion-mnist
+"""
+
+
+def pipeline(args) -> None:
+    """--config: the recipe's whole step on its real data, split into loader, views and model time."""
+    from torch.utils.data import DataLoader
+
+    from pretrain.config import load_config
+    from pretrain.training.loop import PretrainRun
+    from rimifm.distributed import Distributed
+    from rimifm.seeding import STREAM_IFM, STREAM_RIM, step_seed
+
+    cfg = load_config(args.config, args.opts)
+    env = Distributed(cfg.TRAIN.DEVICE)
+    run = PretrainRun(cfg, args.config, env)
+    ds, device = run.dataset, run.device
+    loader = DataLoader(ds, batch_size=run.per_rank, sampler=run.sampler, num_workers=cfg.DATA.NUM_WORKERS,
+                        drop_last=True, collate_fn=getattr(ds, "collate_fn", None))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {"loader": 0.0, "views": 0.0, "model": 0.0}
+    batches = iter(loader)
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        v1, v2, labels = next(batches)
+        t1 = time.perf_counter()
+        x1, x2 = ds.to_device(v1, device), ds.to_device(v2, device)
+        if run.channels_last:
+            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+        sync()
+        t2 = time.perf_counter()
+        out = run.trained(x1, x2, rim_seed=step_seed(cfg.SEED, i, 0, STREAM_RIM),
+                          ifm_seed=step_seed(cfg.SEED, i, 0, STREAM_IFM),
+                          labels=labels if cfg.METHOD == "supervised" else None)
+        run.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        run.optimizer.step()
+        run.model.after_step(0.5)
+        sync()
+        t3 = time.perf_counter()
+        if i >= args.warmup:
+            for key, dt in (("loader", t1 - t0), ("views", t2 - t1), ("model", t3 - t2)):
+                times[key] += dt
+    env.close()
+    total = sum(times.values())
+    images = args.steps * run.global_batch
+    print(f"{args.config}: {cfg.METHOD} {cfg.MODEL.BACKBONE}, DATA.VIEWS {cfg.DATA.VIEWS}, {cfg.DATA.IMAGE_SIZE}px, "
+          f"batch {run.global_batch}, {args.steps} timed steps on {device} ({torch.get_num_threads()} threads, "
+          f"{cfg.DATA.NUM_WORKERS} loader workers{', channels_last' if run.channels_last else ''})")
+    print(f"  end to end {images / total:9.1f} images/s")
+    what = {"loader": "source images and view parameters" + (" (a batch at once)" if cfg.DATA.VIEWS == "batch" else ""),
+            "views": "crop, colour ops, normalise (batched)" if cfg.DATA.VIEWS == "batch" else "finishing the views",
+            "model": "forward, loss, backward, optimizer, EMA"}
+    for key, dt in times.items():
+        print(f"  {key:<6} {100 * dt / total:5.1f}% of the step time  ({what[key]})")
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="time a recipe's whole step on its real data (loader, views, model shares) instead of "
+                        "the variants on random tensors; KEY VALUE overrides may follow")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="with --config: overrides, e.g. DATA.ROOT DIR")
     p.add_argument("--method", default="byol", choices=["byol", "simsiam"])
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet_tiny"])
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
@@ -105,6 +141,9 @@ def main() -> None:
                    help="the first is the reference of the overheads (default: all four, base first)")
     p.add_argument("--rounds", type=int, default=1, help="> 1: interleaved rounds, median reported (see above)")
     args = p.parse_args()
+    if args.config:
+        pipeline(args)
+        return
     device = resolve_device(args.device)
     print(f"{args.method} {args.backbone}{' (CIFAR stem)' if args.cifar_stem else ''}, {args.image_size}px, "
           f"batch {args.batch}, {args.steps} timed steps on {device} ({torch.get_num_threads()} threads)"

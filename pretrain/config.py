@@ -20,6 +20,7 @@ from rimifm.config import (
     parse_value,
 )
 from rimifm.errors import UserError
+from rimifm.resnets import ARCHS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -31,12 +32,12 @@ class CfgNode(_FvCfgNode):
 def get_default_config() -> CfgNode:
     """Return a fresh copy of every pretraining key with its default value."""
     c = CfgNode()
-    c.METHOD = "byol"  # byol | simsiam
+    c.METHOD = "byol"  # byol | simsiam | supervised (the labelled baseline: backbone + linear classifier, cross-entropy)
     c.SEED = 0
     c.OUTPUT_DIR = ""  # empty: outputs/pretrain/<config name>[-rim][-ifm]-s<seed>
 
     c.MODEL = CfgNode()
-    c.MODEL.BACKBONE = "resnet18"  # resnet18 | resnet34 | resnet50
+    c.MODEL.BACKBONE = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet_tiny (rimifm/resnets.py)
     c.MODEL.CIFAR_STEM = False  # 3x3 stride-1 conv1 and no max-pool (for 32x32 inputs)
     c.MODEL.CIFAR_STEM_PADDING = 2  # conv1 padding of the CIFAR stem (solo-learn: 2; many other CIFAR ResNets: 1)
     c.MODEL.ZERO_INIT_RESIDUAL = False
@@ -69,13 +70,17 @@ def get_default_config() -> CfgNode:
 
     c.DATA = CfgNode()
     c.DATA.DATASET = "synthetic"  # synthetic | imagefolder | cifar10 | cifar100 | idx (MNIST family)
+    c.DATA.NAME = ""  # the dataset as tables name it, e.g. Fashion-MNIST (recorded; "" = DATA.DATASET)
     c.DATA.ROOT = "datasets/synthetic"
+    c.DATA.LIMIT = 0  # pretrain on the first N training images only (0 = all; the kNN bank keeps them all)
     c.DATA.KNN_TRAIN = ""  # imagefolder only: labelled folder used as the kNN memory bank
     c.DATA.KNN_VAL = ""  # imagefolder only: labelled folder whose top-1 is reported
     c.DATA.IMAGE_SIZE = 32
     c.DATA.BATCH_SIZE = 256  # global batch (all processes together)
     c.DATA.NUM_WORKERS = 2
-    c.DATA.VIEWS = "cpu"  # cpu: whole views in the loader workers | device: colour ops batched on TRAIN.DEVICE
+    # cpu: whole views in the loader workers | device: colour ops batched on TRAIN.DEVICE | batch: whole views
+    # batched on TRAIN.DEVICE (crop included; for small images of one size, pretrain/data/batch_views.py)
+    c.DATA.VIEWS = "cpu"
     c.DATA.MEAN = [0.485, 0.456, 0.406]
     c.DATA.STD = [0.229, 0.224, 0.225]
 
@@ -93,10 +98,11 @@ def get_default_config() -> CfgNode:
     c.AUG.INTERPOLATION = "bilinear"  # resize of the random-resized crop: bilinear | bicubic
 
     c.OPTIM = CfgNode()
-    c.OPTIM.NAME = "sgd"  # sgd | lars
+    c.OPTIM.NAME = "sgd"  # sgd | lars | adamw (betas OPTIM.BETAS; OPTIM.MOMENTUM unused)
     c.OPTIM.BASE_LR = 0.05  # LR = BASE_LR * BATCH_SIZE / REFERENCE_BATCH_SIZE
     c.OPTIM.REFERENCE_BATCH_SIZE = 256
     c.OPTIM.MOMENTUM = 0.9
+    c.OPTIM.BETAS = [0.9, 0.999]  # adamw only
     c.OPTIM.WEIGHT_DECAY = 1e-4
     c.OPTIM.LARS_ETA = 0.001
     c.OPTIM.LARS_FORM = "byol"  # byol: eta|w|/|g + wd w| | solo-learn: eta|w|/(|g| + wd|w| + eps) (docs/method.md)
@@ -116,7 +122,8 @@ def get_default_config() -> CfgNode:
     c.TRAIN = CfgNode()
     c.TRAIN.EPOCHS = 10
     c.TRAIN.PRECISION = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    c.TRAIN.CHANNELS_LAST = True  # GPU only
+    c.TRAIN.CHANNELS_LAST = True  # GPU only, unless CHANNELS_LAST_CPU
+    c.TRAIN.CHANNELS_LAST_CPU = False  # channels_last on a CPU too (resnet_tiny: about 20% faster; R18 not measured)
     c.TRAIN.DEVICE = "auto"  # auto | cpu | cuda
     c.TRAIN.LOG_PERIOD = 10  # steps between metrics.jsonl lines
     c.TRAIN.CHECKPOINT_PERIOD = 10  # epochs between numbered checkpoints (last.pth every epoch, and the final one)
@@ -124,6 +131,14 @@ def get_default_config() -> CfgNode:
     c.TRAIN.KNN_PERIOD = 1  # epochs between online kNN evaluations (0 = off)
     c.TRAIN.KNN_K = 200
     c.TRAIN.KNN_T = 0.1
+    c.TRAIN.KNN_BANK = 0  # online kNN: labelled images in the memory bank (a fixed random subset; 0 = all)
+    c.TRAIN.KNN_QUERIES = 0  # online kNN: validation images scored (a fixed random subset; 0 = all)
+    c.TRAIN.KNN_PERIOD_STEPS = 0  # also run the online kNN every N steps (0 = only every KNN_PERIOD epochs)
+    # > 0: when training ends, re-estimate the BN statistics of the backbone(s) on this many clean training images
+    # (the evaluation view, no labels), so that they describe the images a frozen backbone is fed, not augmented
+    # or masked views (the MoCo detection protocol's precise BN, here at the end of pretraining)
+    c.TRAIN.PRECISE_BN_IMAGES = 0
+    c.TRAIN.TIME_BUDGET_S = 0.0  # > 0: stop after this much training time; LR and EMA schedules follow time (not exact on resume)
     c.TRAIN.MAX_STEPS = 0  # stop after this many steps in total (0 = no limit; for smoke runs)
     c.TRAIN.PROGRESS = True
     c.TRAIN.TENSORBOARD = True
@@ -132,18 +147,18 @@ def get_default_config() -> CfgNode:
 
 
 _CHOICES = {
-    "METHOD": ("byol", "simsiam"),
-    "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+    "METHOD": ("byol", "simsiam", "supervised"),
+    "MODEL.BACKBONE": tuple(name for name in ARCHS if name != "resnet101"),
     "RIM.FILL": ("zero", "noise", "blur"),
     "RIM.BRANCH": ("online", "both"),
     "IFM.LEVEL": ("backbone", "projector"),
     "IFM.TARGET": ("feature", "output", "loss"),
     "IFM.PARTNER": ("permute", "reverse"),
     "DATA.DATASET": ("synthetic", "imagefolder", "cifar10", "cifar100", "idx"),
-    "OPTIM.NAME": ("sgd", "lars"),
+    "OPTIM.NAME": ("sgd", "lars", "adamw"),
     "OPTIM.LARS_FORM": ("byol", "solo-learn"),
     "OPTIM.SCHEDULE_INTERVAL": ("step", "epoch"),
-    "DATA.VIEWS": ("cpu", "device"),
+    "DATA.VIEWS": ("cpu", "device", "batch"),
     "AUG.INTERPOLATION": ("bilinear", "bicubic"),
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.DEVICE": ("auto", "cpu", "cuda"),
@@ -170,6 +185,7 @@ def validate_config(cfg: CfgNode, source: str = "config") -> None:
     check(cfg.IFM.START_EPOCH >= 0, "IFM.START_EPOCH", "must be >= 0")
     check(cfg.DATA.IMAGE_SIZE >= 8, "DATA.IMAGE_SIZE", "must be >= 8")
     check(cfg.DATA.BATCH_SIZE >= 1, "DATA.BATCH_SIZE", "must be >= 1")
+    check(cfg.DATA.LIMIT >= 0, "DATA.LIMIT", "must be >= 0 (0 = every training image)")
     check(cfg.DATA.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", "must be >= 0")
     check(len(cfg.DATA.MEAN) == 3 and len(cfg.DATA.STD) == 3, "DATA.MEAN", "and DATA.STD need 3 values")
     check(len(cfg.AUG.BLUR_PROB) == 2, "AUG.BLUR_PROB", "needs 2 values (view 1, view 2)")
@@ -187,6 +203,16 @@ def validate_config(cfg: CfgNode, source: str = "config") -> None:
     check(cfg.TRAIN.LOG_PERIOD >= 1, "TRAIN.LOG_PERIOD", "must be >= 1")
     check(cfg.TRAIN.KNN_K >= 1, "TRAIN.KNN_K", "must be >= 1")
     check(cfg.TRAIN.KNN_T > 0, "TRAIN.KNN_T", "must be > 0")
+    check(cfg.TRAIN.KNN_BANK >= 0, "TRAIN.KNN_BANK", "must be >= 0 (0 = every labelled training image)")
+    check(cfg.TRAIN.KNN_QUERIES >= 0, "TRAIN.KNN_QUERIES", "must be >= 0 (0 = every validation image)")
+    check(cfg.TRAIN.KNN_PERIOD_STEPS >= 0, "TRAIN.KNN_PERIOD_STEPS", "must be >= 0 (0 = off)")
+    check(cfg.TRAIN.TIME_BUDGET_S >= 0, "TRAIN.TIME_BUDGET_S", "must be >= 0 (0 = no time limit)")
+    check(cfg.TRAIN.PRECISE_BN_IMAGES >= 0, "TRAIN.PRECISE_BN_IMAGES", "must be >= 0 (0 = off)")
+    check(len(cfg.OPTIM.BETAS) == 2 and all(0 <= b < 1 for b in cfg.OPTIM.BETAS), "OPTIM.BETAS",
+          "needs 2 values in [0, 1)")
+    if cfg.METHOD == "supervised" and (cfg.RIM.ENABLED or cfg.IFM.ENABLED):
+        raise UserError(f"{source}: METHOD supervised is the labelled baseline; RIM and IFM belong to the Siamese "
+                        "methods (byol, simsiam): set RIM.ENABLED false and IFM.ENABLED false")
 
 
 def resolve_config_path(name: str) -> Path:

@@ -24,8 +24,10 @@ from rimifm.errors import UserError
 from rimifm.records import stable_hash
 from rimifm.schemas import DetectionRecord, KnnRecord, PretrainRecord, Record, RecordError, read_record
 
-METHOD_NAMES = {"byol": "BYOL", "simsiam": "SimSiam"}
+METHOD_NAMES = {"byol": "BYOL", "simsiam": "SimSiam", "supervised": "Supervised"}
 RANDOM_INIT = "random init"
+#: kNN / linear on the pixels themselves (tools/eval_classification.py none --raw-pixels)
+RAW_PIXELS = "raw pixels"
 DET_METRICS = ("AP", "AP50", "AP75", "mask_AP")
 #: the metrics a detection record's bootstrap `metrics_se` may give
 DET_SE_METRICS = ("AP", "AP50", "AP75")
@@ -36,6 +38,7 @@ _NON_RECIPE_KEYS = {
     "SEED", "OUTPUT_DIR", "RIM", "IFM", "DATA.ROOT", "DATA.NUM_WORKERS", "DATA.KNN_TRAIN", "DATA.KNN_VAL",
     "TRAIN.DEVICE", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD", "TRAIN.CHECKPOINT_PERIOD_STEPS",
     "TRAIN.KNN_PERIOD", "TRAIN.KNN_K", "TRAIN.KNN_T", "TRAIN.PROGRESS", "TRAIN.TENSORBOARD",
+    "TRAIN.KNN_BANK", "TRAIN.KNN_QUERIES", "TRAIN.KNN_PERIOD_STEPS",
 }
 
 
@@ -317,6 +320,9 @@ def link_runs(runs: list[Run], warn: Callable[[str], None]) -> None:
         else:
             source = rec.checkpoint or ""
             backbone = canon_backbone(rec.backbone)
+        if run.kind != "detection" and rec.method == "raw-pixels":
+            run.pre = Pretraining(RAW_PIXELS, DASH, DASH, DASH)
+            continue
         if not source or (run.kind != "detection" and rec.method == "random-init"):
             run.pre = Pretraining(RANDOM_INIT, backbone, DASH, DASH)
             continue
@@ -343,6 +349,6 @@ def link_runs(runs: list[Run], warn: Callable[[str], None]) -> None:
             run.pre = Pretraining(_external(source), backbone, "?", "?")
 
 
-__all__ = ["CLASSIFICATION_KINDS", "METHOD_NAMES", "RANDOM_INIT", "Pretraining", "Rejected", "Run", "binomial_se",
+__all__ = ["CLASSIFICATION_KINDS", "METHOD_NAMES", "RANDOM_INIT", "RAW_PIXELS", "Pretraining", "Rejected", "Run", "binomial_se",
            "canon_backbone", "drop_reevaluations", "find_records", "link_runs", "load_runs", "normalise_knobs",
            "online_linear_run", "run_of"]

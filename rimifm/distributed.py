@@ -66,6 +66,14 @@ class Distributed:
             v /= self.world
         return float(v.item())
 
+    def max(self, value: float) -> float:
+        """The largest of every process's `value` (the value itself in one process)."""
+        if self.world == 1:
+            return float(value)
+        v = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        return float(v.item())
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

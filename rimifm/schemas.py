@@ -58,7 +58,7 @@ def _spec(default: Any = dataclasses.MISSING, *, keys: dict[str, Sub] | None = N
 
 METRIC = Sub(float | None, finite=True)
 #: what a pretraining run's history holds at its end (losses of the last logged step, online kNN top-1)
-PRETRAIN_METRICS = ("loss", "base_loss", "ifm_loss", "z_std", "knn_top1", "knn_top1_init")
+PRETRAIN_METRICS = ("loss", "base_loss", "ifm_loss", "z_std", "knn_top1", "knn_top1_init", "knn_top1_pixels")
 
 
 @dataclass(kw_only=True)
@@ -102,6 +102,16 @@ class PretrainRecord(_Record):
     online_linear: dict | None = _spec(None, keys={"top1": Sub(float, required=True, finite=True), "top5": METRIC,
                                                    "num_val": Sub(int, required=True), "lr": Sub(float | None),
                                                    "dataset": Sub(str | None)}, omit_none=True)
+    #: training time (data + compute, online evaluations excluded), summed over resumes
+    train_time_s: float | None = _spec(None, omit_none=True)
+    #: the online kNN monitor's protocol: k, temperature, and the bank / query images it used
+    online_knn: dict | None = _spec(None, keys={"k": Sub(int, required=True), "temperature": Sub(float, required=True),
+                                                "bank": Sub(int, required=True), "queries": Sub(int, required=True)},
+                                    omit_none=True)
+    #: the learning curve: one {"step", "epoch", "train_time_s", "wall_time_s", "top1"} per online kNN evaluation
+    knn_curve: list | None = _spec(None, omit_none=True)
+    #: TRAIN.PRECISE_BN_IMAGES: the saved backbones' BN statistics re-estimated on `images` clean training images
+    precise_bn: dict | None = _spec(None, keys={"images": Sub(int, required=True), "step": Sub(int)}, omit_none=True)
 
 
 #: the linear protocols a linear record may name (records without a name were the cached probe)

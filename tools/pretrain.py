@@ -8,7 +8,7 @@ from pathlib import Path
 # package: put the checkout there instead (this also runs from a checkout that is not pip-installed).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pretrain.training.loop import cli  # noqa: E402
+from pretrain.training.cli import cli  # noqa: E402
 
 if __name__ == "__main__":
     cli()

@@ -6,15 +6,18 @@ Every source yields (PIL image, label) with label -1 when unlabeled. Nothing is 
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
 from pretrain.data.idx import IDXSource
 from pretrain.data.views import ViewSpec, eval_transform, make_view, sample_rng, to_normalised_tensor
@@ -134,8 +137,52 @@ class Splits:
     knn_val: Dataset | None
 
 
+def subset(source: Dataset, indices: Sequence[int]) -> Dataset:
+    """The images `indices` of a source: a copy of the same class over those entries of its contents (images,
+    targets, file list), so its in-memory fast paths stay; torch's Subset for any other dataset."""
+    attrs = [a for a in ("images", "data", "targets", "samples") if hasattr(source, a)]
+    if not attrs:
+        return Subset(source, list(indices))
+    out = copy.copy(source)
+    for attr in attrs:
+        value = getattr(source, attr)
+        setattr(out, attr, value[np.asarray(indices, dtype=np.int64)] if isinstance(value, np.ndarray)
+                else [value[i] for i in indices])
+    return out
+
+
+def first_images(source: Dataset, n: int) -> Dataset:
+    """The first `n` images of a source (DATA.LIMIT; all when n is 0)."""
+    return source if n <= 0 or n >= len(source) else subset(source, range(n))
+
+
+def source_array(source) -> np.ndarray | None:
+    """The in-memory uint8 images of a source, (N, H, W) grey or (N, H, W, C), when it keeps them with their
+    `targets` (IDX, CIFAR)."""
+    if not hasattr(source, "targets"):
+        return None
+    for attr in ("images", "data"):
+        arr = getattr(source, attr, None)
+        if isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim in (3, 4):
+            return arr
+    return None
+
+
+def array_tensor(array: np.ndarray, index: int) -> torch.Tensor:
+    """One in-memory image as a writable uint8 (C, H, W) tensor (grey: one channel)."""
+    a = array[index]
+    return torch.from_numpy(np.array(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)))
+
+
 def build_splits(cfg) -> Splits:
-    """Resolve DATA.DATASET / DATA.ROOT into sources, with clear errors for missing data."""
+    """Resolve DATA.DATASET / DATA.ROOT into sources, with clear errors for missing data; DATA.LIMIT shortens
+    the images pretraining sees, not the labelled kNN splits."""
+    splits = _build_splits(cfg)
+    splits.train = first_images(splits.train, cfg.DATA.LIMIT)
+    return splits
+
+
+def _build_splits(cfg) -> Splits:
     d = cfg.DATA
     root = Path(d.ROOT)
     if d.DATASET == "synthetic":
@@ -190,15 +237,26 @@ class TwoViewDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Deterministic (tensor, label) pairs for feature extraction (kNN, linear probe)."""
+    """Deterministic (tensor, label) pairs for feature extraction (kNN, linear probe).
+
+    In-memory images already at the evaluation size (Fashion-MNIST at 28 px) skip PIL: the evaluation view
+    of such an image is the image itself, so the tensor is the same, made faster.
+    """
 
     def __init__(self, source: Dataset, size: int, mean, std):
         self.source, self.size, self.mean, self.std = source, size, tuple(mean), tuple(std)
+        self.array = source_array(source)
+        if self.array is not None and self.array.shape[1:3] != (size, size):
+            self.array = None
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.array is not None:
+            x = TF.to_dtype(array_tensor(self.array, index), torch.float32, scale=True)
+            x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
+            return TF.normalize(x, list(self.mean), list(self.std)), int(self.source.targets[index])
         img, label = self.source[index]
         return eval_transform(img, self.size, self.mean, self.std), label
 

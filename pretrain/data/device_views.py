@@ -44,6 +44,8 @@ _JITTER = (
     adjust_saturation_with_gray_subtraction,
     lambda x, f: adjust_hue(x, f * (2 * math.pi)),
 )
+#: the factors at which each jitter op changes nothing (AUG.SATURATION 0 / AUG.HUE 0 draw exactly these)
+_IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
 def _on(x: torch.Tensor, rows: torch.Tensor, fn, *factors: torch.Tensor) -> torch.Tensor:
@@ -68,9 +70,10 @@ def batched_colour_ops(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     jitter = p[:, JITTER] > 0.5
     order = p[:, ORDER].long()
     factors = p[:, FACTORS]
+    changes = factors != torch.tensor(_IDENTITY, dtype=factors.dtype)  # an op at its identity factor is skipped
     for position in range(4):
         for k, fn in enumerate(_JITTER):
-            rows = torch.nonzero(jitter & (order[:, position] == k)).flatten()
+            rows = torch.nonzero(jitter & (order[:, position] == k) & changes[:, k]).flatten()
             x = _on(x, rows, fn, factors[:, k])
     x = _on(x, torch.nonzero(p[:, GRAY] > 0.5).flatten(), lambda t: rgb_to_grayscale(t).expand_as(t).contiguous())
     kernel = blur_kernel_size(x.shape[-1])

@@ -11,13 +11,28 @@ import argparse
 from pretrain.evaluation.datasets import DATASETS
 from pretrain.evaluation.recipes import RECIPES
 from pretrain.evaluation.run import run_evaluation
+from pretrain.method.models import FEATURE_DIMS
 from rimifm.cli import ArgumentParser
 from rimifm.errors import run_cli
+
+EXAMPLES = """examples:
+  # kNN (k=20, T=0.1) of a Fashion-MNIST run, on the 10k test images with the 60k training images as the bank
+  python tools/eval_classification.py outputs/pretrain/fmnist_cpu_byol-s0/checkpoints/last.pth \\
+      --dataset idx --root /usr/share/datasets/fashion-mnist --protocol knn --k 20
+  # the same for the baselines: a random backbone built like the recipe, and the raw pixels
+  python tools/eval_classification.py none --random-init --config fmnist_cpu_byol.yaml \\
+      --dataset idx --root /usr/share/datasets/fashion-mnist --protocol knn --k 20
+  python tools/eval_classification.py none --raw-pixels --config fmnist_cpu_byol.yaml \\
+      --dataset idx --root /usr/share/datasets/fashion-mnist --protocol knn --k 20
+  # the published linear protocol (solo-learn's recipe) on CIFAR-10
+  python tools/eval_classification.py last.pth --dataset cifar10 --root datasets/cifar10 --protocol linear
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the classification evaluation."""
-    p = ArgumentParser(description="kNN / linear-probe evaluation of a pretrained (or random) backbone.")
+    p = ArgumentParser(description="kNN / linear-probe evaluation of a pretrained (or random) backbone.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="our .pth, a third-party ResNet checkpoint, a detectron2 .pkl, "
                                       "or `none` with --random-init")
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -50,9 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help="input size (default: the checkpoint's DATA.IMAGE_SIZE, else 32)")
     p.add_argument("--target", action="store_true", help="evaluate the EMA target backbone (BYOL)")
-    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
-    p.add_argument("--backbone", default="resnet18", help="with --random-init: resnet18|resnet34|resnet50")
-    p.add_argument("--cifar-stem", action="store_true", help="with --random-init: 3x3 stem, no max-pool")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate a randomly initialised backbone (CHECKPOINT none; needs --backbone or --config)")
+    p.add_argument("--raw-pixels", action="store_true",
+                   help="evaluate the pixels themselves (CHECKPOINT none): the normalised evaluation view, flattened")
+    p.add_argument("--config", default=None,
+                   help="with --random-init / --raw-pixels: a pretraining config (file or name in pretrain/configs/) "
+                        "whose backbone, stem, image size and normalisation the baseline takes, e.g. fmnist_cpu_byol.yaml")
+    p.add_argument("--backbone", default=None, choices=sorted(FEATURE_DIMS),
+                   help="with --random-init: the network (overrides --config's MODEL.BACKBONE)")
+    p.add_argument("--cifar-stem", action="store_true", help="with --random-init: 3x3 stride-1 stem, no max-pool")
     p.add_argument("--out", default=None, help="output folder (default outputs/eval/<name>-<protocol>-<dataset>)")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default <out>/feature_cache)")
     p.add_argument("--seed", type=int, default=0)

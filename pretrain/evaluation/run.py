@@ -19,12 +19,13 @@ import torch
 
 from pretrain.data.datasets import EvalDataset
 from pretrain.evaluation.accuracy import accuracy_metrics
-from pretrain.evaluation.backbones import BackboneSource, load_backbone, random_backbone
+from pretrain.evaluation.backbones import BackboneSource, load_backbone, random_backbone, raw_pixels
 from pretrain.evaluation.datasets import AugmentedDataset, EvalSplits, build_eval_splits
 from pretrain.evaluation.features import cache_key, cached_features
 from pretrain.evaluation.knn import extract_features, knn_evaluate
 from pretrain.evaluation.linear import Standardiser, train_linear, train_linear_recipe
 from pretrain.evaluation.recipes import recompute_bn, resolve_recipe
+from pretrain.method.models import FEATURE_DIMS
 from rimifm.config import config_hash
 from rimifm.distributed import resolve_device
 from rimifm.errors import UserError
@@ -45,7 +46,9 @@ def default_out_dir(args: dict) -> Path:
     Our runs all name their checkpoint last.pth, so the run folder (and the epoch file name, when it is
     not last.pth) keeps evaluations of different runs apart.
     """
-    if args.get("random_init"):
+    if args.get("raw_pixels"):
+        stem = "raw-pixels"
+    elif args.get("random_init"):
         stem = f"random-init-s{args.get('seed', 0)}"
     else:
         ckpt = Path(str(args["checkpoint"]))
@@ -68,18 +71,46 @@ def _check_options(args: dict) -> None:
         raise UserError(f"--image-size must be >= 8 (got {args['image_size']})")
 
 
+def _baseline_config(args: dict):
+    """The pretraining config (--config) a baseline is built like, or None."""
+    if not args.get("config"):
+        return None
+    from pretrain.config import load_config
+
+    return load_config(args["config"])
+
+
 def _backbone(args: dict) -> tuple[torch.nn.Module, BackboneSource]:
-    """The random-init baseline (`none --random-init`) or the checkpoint's backbone."""
+    """A baseline (`none --random-init`, `none --raw-pixels`) or the checkpoint's backbone."""
     ckpt_arg = args.get("checkpoint")
-    if args.get("random_init"):
-        if ckpt_arg not in (None, "", "none"):
-            raise UserError("--random-init evaluates a randomly initialised backbone: pass `none` as CHECKPOINT")
-        if args.get("target"):
-            raise UserError("--target selects the EMA branch of a checkpoint; it cannot go with --random-init")
-        return random_backbone(args.get("backbone", "resnet18"), bool(args.get("cifar_stem")), int(args.get("seed", 0)))
-    if ckpt_arg in (None, "", "none"):
-        raise UserError("no CHECKPOINT given: pass a checkpoint file, or `none --random-init` for the baseline")
-    return load_backbone(ckpt_arg, bool(args.get("target")), bool(args.get("unsafe_legacy_pickle")))
+    baseline = "--raw-pixels" if args.get("raw_pixels") else "--random-init" if args.get("random_init") else None
+    if baseline is None:
+        if args.get("config"):
+            raise UserError("--config describes the network of a baseline (--random-init, --raw-pixels); a checkpoint "
+                            "names its own: drop --config")
+        if ckpt_arg in (None, "", "none"):
+            raise UserError("no CHECKPOINT given: pass a checkpoint file, or `none --random-init` for the baseline")
+        return load_backbone(ckpt_arg, bool(args.get("target")), bool(args.get("unsafe_legacy_pickle")))
+    if args.get("random_init") and args.get("raw_pixels"):
+        raise UserError("--random-init and --raw-pixels are two baselines: pass one")
+    if ckpt_arg not in (None, "", "none"):
+        raise UserError(f"{baseline} evaluates a baseline, not a checkpoint: pass `none` as CHECKPOINT")
+    if args.get("target"):
+        raise UserError(f"--target selects the EMA branch of a checkpoint; it cannot go with {baseline}")
+    cfg = _baseline_config(args)
+    if args.get("raw_pixels"):
+        net, src = raw_pixels(grey=args.get("dataset") == "idx")  # the MNIST family is grey, served as RGB
+    else:
+        name = args.get("backbone") or (cfg.MODEL.BACKBONE if cfg is not None else None)
+        if not name:
+            raise UserError("--random-init needs the network to build: --backbone NAME (one of "
+                            f"{', '.join(FEATURE_DIMS)}) or --config PRETRAIN_CONFIG (its MODEL.BACKBONE and stem)")
+        stem = bool(args.get("cifar_stem")) or (cfg is not None and not args.get("backbone") and cfg.MODEL.CIFAR_STEM)
+        padding = cfg.MODEL.CIFAR_STEM_PADDING if cfg is not None else 2
+        net, src = random_backbone(name, stem, int(args.get("seed", 0)), padding)
+    if cfg is not None:  # evaluated at the config's image size and normalisation, as its pretrained backbones are
+        src.image_size, src.mean, src.std = cfg.DATA.IMAGE_SIZE, tuple(cfg.DATA.MEAN), tuple(cfg.DATA.STD)
+    return net, src
 
 
 def _cached_probe(args: dict, splits: EvalSplits, train: tuple[torch.Tensor, torch.Tensor],

@@ -1,30 +1,31 @@
 """The pretraining loop: one process or torchrun/DDP, exact resume, checkpoints, then record.json.
 
-Usage: python tools/pretrain.py --config synthetic_byol.yaml [--resume PATH] [KEY VALUE ...]
+The command around it (python tools/pretrain.py --config ... [KEY VALUE ...]) is pretrain/training/cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pretrain.config import config_hash, load_config
-from pretrain.data.datasets import EpochSampler, TwoViewDataset, build_splits
+from pretrain.config import config_hash
+from pretrain.data.batch_views import BatchViewDataset
+from pretrain.data.datasets import EpochSampler, EvalDataset, TwoViewDataset, build_splits
 from pretrain.data.device_views import DeviceViewDataset
 from pretrain.data.views import byol_view_specs
+from pretrain.evaluation.recipes import recompute_bn
 from pretrain.method.siamese import build_method
-from pretrain.training.checkpoint import FORMAT, FORMAT_VERSION, check_compatible
-from pretrain.training.monitoring import online_knn, online_linear_accuracy, progress_bar
+from pretrain.method.supervised import Supervised
+from pretrain.training.checkpoint import Progress, checkpoint_state, restore
+from pretrain.training.monitoring import knn_monitor, online_linear_accuracy, progress_bar
 from pretrain.training.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.record import pretrain_record
 from rimifm.distributed import Distributed
@@ -32,7 +33,7 @@ from rimifm.errors import UserError
 from rimifm.events import JsonLinesLog
 from rimifm.io import atomic_torch_save, atomic_write_text, clean_stale_tmp, load_checkpoint
 from rimifm.records import code_version, write_record
-from rimifm.seeding import STREAM_IFM, STREAM_RIM, rng_state, set_rng_state, step_seed
+from rimifm.seeding import STREAM_IFM, STREAM_RIM, step_seed
 
 
 def default_output_dir(cfg, config_name: str) -> Path:
@@ -54,6 +55,10 @@ def resolve_precision(cfg, device: torch.device) -> str:
     return p
 
 
+#: DATA.VIEWS -> the dataset that makes the two views (see pretrain/config.py)
+VIEW_DATASETS = {"cpu": TwoViewDataset, "device": DeviceViewDataset, "batch": BatchViewDataset}
+
+
 class StopRequested(Exception):
     """SIGTERM/SIGINT: save where we are and exit; a restart resumes from there."""
 
@@ -68,16 +73,6 @@ def _install_signal_handlers() -> dict:
     return previous
 
 
-@dataclass
-class Progress:
-    """What a checkpoint carries forward besides the weights: position, time, images and the metrics so far."""
-
-    step: int = 0
-    elapsed_s: float = 0.0  # wall time of earlier sessions of this run (resumes)
-    images_seen: int = 0
-    history: dict = field(default_factory=dict)
-
-
 class PretrainRun:
     """One pretraining run, set up from its config; `run()` trains to the end (or resumes) and returns the record.
 
@@ -90,6 +85,8 @@ class PretrainRun:
     def __init__(self, cfg, config_name: str, env: Distributed):
         self.cfg, self.env, self.device = cfg, env, env.device
         self.precision = resolve_precision(cfg, env.device)
+        self.channels_last = cfg.TRAIN.CHANNELS_LAST and (
+            env.device.type in self.CHANNELS_LAST_DEVICES or (env.device.type == "cpu" and cfg.TRAIN.CHANNELS_LAST_CPU))
         self.out_dir = Path(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else default_output_dir(cfg, config_name)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pth"
@@ -100,13 +97,16 @@ class PretrainRun:
         np.random.seed(cfg.SEED % 2**32)
         self.splits = build_splits(cfg)
         self.num_classes = self._online_linear_classes()
-        views = DeviceViewDataset if cfg.DATA.VIEWS == "device" else TwoViewDataset  # where the colour ops run
+        views = VIEW_DATASETS[cfg.DATA.VIEWS]  # where the views are made (loader workers or the training device)
         self.dataset = views(self.splits.train, byol_view_specs(cfg), cfg.DATA.MEAN, cfg.DATA.STD, cfg.SEED,
                              with_labels=True)
         self.sampler = EpochSampler(len(self.dataset), self.per_rank, env.rank, env.world, cfg.SEED)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.TRAIN.EPOCHS * self.steps_per_epoch
         self.max_steps = min(self.total_steps, cfg.TRAIN.MAX_STEPS) if cfg.TRAIN.MAX_STEPS else self.total_steps
+        self.time_budget = float(cfg.TRAIN.TIME_BUDGET_S)
+        self.budget_time = 0.0  # the training time TIME_BUDGET_S counts: the slowest process's, after each step
+        self.monitor = knn_monitor(self.splits, cfg) if env.main else None
 
         self.model = self._build_model()  # the module itself; self.trained wraps it in DDP when needed
         ref = cfg.OPTIM.REFERENCE_BATCH_SIZE
@@ -148,9 +148,18 @@ class PretrainRun:
                             "(use cifar10/cifar100/idx, or a labelled imagefolder with DATA.KNN_VAL)")
         return int(max(labels)) + 1
 
+    def _supervised_classes(self) -> int:
+        """Classes of the labelled training images METHOD supervised learns."""
+        labels = getattr(self.splits.train, "labels", None)
+        if labels is None or max(labels, default=-1) < 0:
+            raise UserError(f"METHOD supervised needs labelled training images; DATA.DATASET {self.cfg.DATA.DATASET} "
+                            f"at {self.cfg.DATA.ROOT} has none (use cifar10/cifar100/idx or a labelled imagefolder)")
+        return int(max(labels)) + 1
+
     def _build_model(self) -> torch.nn.Module:
         cfg, device = self.cfg, self.device
-        model = build_method(cfg)
+        model = Supervised.from_config(cfg, self._supervised_classes()) if cfg.METHOD == "supervised" \
+            else build_method(cfg)
         if self.num_classes:
             model.attach_classifier(self.num_classes)
         if cfg.MODEL.SYNC_BN and self.env.world > 1:
@@ -160,7 +169,7 @@ class PretrainRun:
                 print("warning: MODEL.SYNC_BN needs GPUs (PyTorch's SyncBatchNorm is CUDA-only); "
                       "each CPU process keeps its own BatchNorm statistics", file=sys.stderr)
         model.to(device)
-        if device.type in self.CHANNELS_LAST_DEVICES and cfg.TRAIN.CHANNELS_LAST:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda" and cfg.TRAIN.DETERMINISTIC:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -176,20 +185,9 @@ class PretrainRun:
         clean_stale_tmp(self.ckpt_dir)
         if path is None:
             return
-        cfg = self.cfg
-        ckpt = load_checkpoint(path, unsafe_flag=None)
-        check_compatible(ckpt, path, cfg.METHOD, cfg.MODEL.BACKBONE)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise UserError(f"cannot resume {path}: its weights do not fit this model "
-                            f"({str(exc).splitlines()[0]}); check MODEL.* against the checkpoint's config") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.progress = Progress(ckpt["step"], ckpt["elapsed_s"], ckpt["images_seen"], dict(ckpt.get("history", {})))
-        set_rng_state(ckpt["rng"])
+        ckpt = restore(self, load_checkpoint(path, unsafe_flag=None), path)
         if self.env.main:
-            if ckpt.get("config_hash") != config_hash(cfg):
+            if ckpt.get("config_hash") != config_hash(self.cfg):
                 print(f"note: resuming {path} with a config that differs from the one it was saved with",
                       file=sys.stderr)
             print(f"resumed from {path} at step {self.progress.step} "
@@ -197,21 +195,8 @@ class PretrainRun:
 
     def save(self, path: Path) -> None:
         """Checkpoint everything an exact resume needs (main process only, atomically)."""
-        if not self.env.main:
-            return
-        cfg, p = self.cfg, self.progress
-        state = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "method": cfg.METHOD, "backbone": cfg.MODEL.BACKBONE, "cifar_stem": cfg.MODEL.CIFAR_STEM,
-            "cifar_stem_padding": cfg.MODEL.CIFAR_STEM_PADDING,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": p.step, "epoch": p.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
-            "elapsed_s": self.wall_time(), "images_seen": p.images_seen,
-            "rng": rng_state(), "config": cfg.dump(), "config_hash": config_hash(cfg), "history": p.history,
-            "code_version": self.code_version,
-        }
-        atomic_torch_save(state, path)
+        if self.env.main:
+            atomic_torch_save(checkpoint_state(self), path)
 
     def wall_time(self) -> float:
         return self.progress.elapsed_s + (time.perf_counter() - self.session_start)
@@ -233,15 +218,16 @@ class PretrainRun:
         self.log = JsonLinesLog(self.out_dir / "metrics.jsonl", "step", p.step + 1, env.main,
                                 self.out_dir / "tb" if self.cfg.TRAIN.TENSORBOARD else None, "pretrain/", ("epoch",))
         self.session_start = time.perf_counter()
+        p.history.setdefault("train_time_s", 0.0)  # data loading + compute, summed over resumes
+        p.history.setdefault("train_images", 0)
+        self.budget_time = p.history["train_time_s"]
         if p.step == 0:
             self.knn(epoch=0, key="knn_top1_init")
         env.barrier()
 
-        p.history.setdefault("train_time_s", 0.0)  # data loading + compute, summed over resumes
-        p.history.setdefault("train_images", 0)
         previous_handlers = _install_signal_handlers()
         try:
-            while p.step < self.max_steps:
+            while p.step < self.max_steps and not self.time_is_up():
                 self.train_epoch(p.step // self.steps_per_epoch)
                 if p.step % self.steps_per_epoch == 0:
                     self.end_epoch(p.step // self.steps_per_epoch)
@@ -253,7 +239,9 @@ class PretrainRun:
         finally:
             for s, h in previous_handlers.items():
                 signal.signal(s, h)
-        if p.step % self.steps_per_epoch:  # stopped by MAX_STEPS inside an epoch
+        if p.step % self.steps_per_epoch:  # stopped by MAX_STEPS or TIME_BUDGET_S inside an epoch
+            self.precise_bn()
+            self.knn(p.step // self.steps_per_epoch)  # the curve ends where training ended
             self.save(self.last_path)
         self.log.close()
         return self.finish()
@@ -265,7 +253,8 @@ class PretrainRun:
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, start_in_epoch)
         loader = DataLoader(self.dataset, batch_size=self.per_rank, sampler=self.sampler,
-                            num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", drop_last=True)
+                            num_workers=cfg.DATA.NUM_WORKERS, pin_memory=device.type == "cuda", drop_last=True,
+                            collate_fn=getattr(self.dataset, "collate_fn", None))  # batch views: collated already
         bar = progress_bar(env.main and cfg.TRAIN.PROGRESS, (self.steps_per_epoch - start_in_epoch) * self.global_batch,
                            epoch, cfg.TRAIN.EPOCHS)
         window_t = t_prev = time.perf_counter()
@@ -275,6 +264,8 @@ class PretrainRun:
             t_now = time.perf_counter()
             p.history["train_time_s"] += t_now - t_prev
             p.history["train_images"] += self.global_batch
+            if self.time_budget:  # one clock for every process, so that all stop at the same step with the same LR
+                self.budget_time = env.max(p.history["train_time_s"])
             t_prev = t_now
             window_imgs += self.global_batch
             if bar is not None:
@@ -286,7 +277,11 @@ class PretrainRun:
                 window_t, window_imgs = t_now, 0
             if cfg.TRAIN.CHECKPOINT_PERIOD_STEPS and p.step % cfg.TRAIN.CHECKPOINT_PERIOD_STEPS == 0:
                 self.save(self.last_path)
-            if p.step >= self.max_steps:
+            period = cfg.TRAIN.KNN_PERIOD_STEPS
+            if period and p.step % period == 0 and p.step % self.steps_per_epoch:  # epoch ends: end_epoch's kNN
+                self.knn(epoch)
+                t_prev = time.perf_counter()  # evaluation time is not training time
+            if p.step >= self.max_steps or self.time_is_up():
                 break
         if bar is not None:
             bar.close()
@@ -296,7 +291,7 @@ class PretrainRun:
         """One optimizer step on a batch of view pairs: (model outputs, LR, EMA momentum or None)."""
         cfg, env, p, device = self.cfg, self.env, self.progress, self.device
         v1, v2 = self.dataset.to_device(v1, device), self.dataset.to_device(v2, device)  # + colour ops if device
-        if device.type in self.CHANNELS_LAST_DEVICES and cfg.TRAIN.CHANNELS_LAST:
+        if self.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
         lr = set_lr(self.optimizer, self.base_lr, self.schedule(self.progress_fraction()))
@@ -304,7 +299,7 @@ class PretrainRun:
             out = self.trained(v1, v2, rim_seed=step_seed(cfg.SEED, p.step, env.rank, STREAM_RIM),
                                ifm_seed=step_seed(cfg.SEED, p.step, env.rank, STREAM_IFM),
                                ifm_active=epoch >= cfg.IFM.START_EPOCH,
-                               labels=labels if self.num_classes else None)
+                               labels=labels if self.num_classes or cfg.METHOD == "supervised" else None)
         loss = out["loss"]
         if not env.all_finite(loss):
             raise UserError(
@@ -315,7 +310,7 @@ class PretrainRun:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        momentum = self.model.after_step((p.step + 1) / self.total_steps)
+        momentum = self.model.after_step(self.fraction_done(p.step + 1))
         p.step += 1
         p.images_seen += self.global_batch
         return out, lr, momentum
@@ -325,7 +320,19 @@ class PretrainRun:
         step = self.progress.step
         if self.cfg.OPTIM.SCHEDULE_INTERVAL == "epoch":
             step -= step % self.steps_per_epoch
-        return step / self.total_steps
+        return self.fraction_done(step)
+
+    def fraction_done(self, step: int) -> float:
+        """How far training is after `step` steps: step / total, or with TRAIN.TIME_BUDGET_S the share of the
+        budget's training time spent, when that is further (the schedules then follow time)."""
+        done = step / self.total_steps
+        if self.time_budget:
+            done = max(done, min(1.0, self.budget_time / self.time_budget))
+        return done
+
+    def time_is_up(self) -> bool:
+        """TRAIN.TIME_BUDGET_S of training time (data + compute, evaluations excluded) is spent."""
+        return bool(self.time_budget) and self.budget_time >= self.time_budget
 
     def log_row(self, out: dict, epoch: int, lr: float, momentum: float | None, images_per_s: float) -> dict:
         """One metrics.jsonl line (losses averaged over processes); the latest values go into the history."""
@@ -343,15 +350,15 @@ class PretrainRun:
         return row
 
     def knn(self, epoch: int, key: str = "knn_top1") -> float | None:
-        """Online kNN top-1 (main process), logged and kept in the history under `key`."""
-        if not (self.cfg.TRAIN.KNN_PERIOD and self.env.main):
+        """Online kNN top-1 (main process), logged, kept in the history under `key` and on the learning curve
+        (once per step); at initialisation also the raw-pixel anchor (monitoring.KnnMonitor.evaluate)."""
+        if self.monitor is None:
             return None
-        acc = online_knn(self.model, self.splits, self.cfg, self.device)
-        if acc is not None:
-            self.progress.history[key] = acc
-            self.log.write({"step": self.progress.step, "epoch": epoch, "knn_top1": acc})
-            if epoch == 0:
-                print(f"kNN top-1 at initialisation: {acc:.2f}%")
+        p = self.progress
+        acc, new = self.monitor.evaluate(self.model.backbone, self.device, p.history, key, p.step, epoch,
+                                         self.wall_time())
+        if new:
+            self.log.write({"step": p.step, "epoch": epoch, "knn_top1": acc})
         return acc
 
     def end_epoch(self, epoch: int) -> None:
@@ -359,20 +366,38 @@ class PretrainRun:
         cfg, history = self.cfg, self.progress.history
         period, epochs = cfg.TRAIN.KNN_PERIOD, cfg.TRAIN.EPOCHS
         knn_due = bool(period) and (epoch % period == 0 or epoch == epochs)
-        if knn_due:
+        if self.progress.step >= self.max_steps or self.time_is_up():
+            self.precise_bn()  # training ends here: the statistics of the saved backbone come first
+        if knn_due or (cfg.TRAIN.KNN_PERIOD_STEPS and self.progress.step % cfg.TRAIN.KNN_PERIOD_STEPS == 0):
             self.knn(epoch)
+        if knn_due:
             self.online_linear(epoch)
         if self.env.main:
             msg = f"epoch {epoch}/{epochs}"
             if "loss" in history:
                 msg += f": loss {history['loss']:.4f}"
-            if "knn_top1" in history and period and epoch % period == 0:
+            if "knn_top1" in history and knn_due:
                 msg += f", kNN top-1 {history['knn_top1']:.2f}%"
             print(msg, flush=True)
         if epoch % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or epoch == epochs:
             self.save(self.ckpt_dir / f"epoch_{epoch:04d}.pth")
         self.save(self.last_path)
         self.env.barrier()
+
+    def precise_bn(self) -> None:
+        """TRAIN.PRECISE_BN_IMAGES: the backbones' BN statistics re-estimated on clean training images (all processes
+        alike: each re-estimates on the same images), recorded in the history."""
+        n = self.cfg.TRAIN.PRECISE_BN_IMAGES
+        if not n or self.progress.history.get("precise_bn_step") == self.progress.step:
+            return
+        d = self.cfg.DATA
+        images = EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD)
+        for backbone in (self.model.backbone, getattr(self.model, "target_backbone", None)):
+            if backbone is not None:
+                used = recompute_bn(backbone, images, n, max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
+        self.progress.history.update(precise_bn_images=used, precise_bn_step=self.progress.step)
+        if self.env.main:
+            print(f"BN statistics re-estimated on {used} clean training images (TRAIN.PRECISE_BN_IMAGES)", flush=True)
 
     def online_linear(self, epoch: int) -> dict | None:
         """Top-1/top-5 of the online classifier on the clean validation split (main process), logged."""
@@ -391,50 +416,14 @@ class PretrainRun:
         record = pretrain_record(self.cfg, out_dir=self.out_dir, checkpoint=self.last_path, steps=p.step,
                                  images=len(self.dataset), world_size=self.env.world, device=self.device,
                                  precision=self.precision, history=p.history, wall_time_s=self.wall_time(),
-                                 code_version=self.code_version)
+                                 code_version=self.code_version,
+                                 online_knn=self.monitor.protocol() if self.monitor is not None else None)
         if self.env.main:
+            h = p.history
+            if self.monitor is not None and {"knn_top1", "knn_top1_init", "knn_top1_pixels"} <= set(h):
+                print(f"kNN top-1 after {p.step} steps: {h['knn_top1']:.2f}% (initialisation {h['knn_top1_init']:.2f}%, "
+                      f"raw pixels {h['knn_top1_pixels']:.2f}%; {self.monitor.describe()})")
             write_record(self.out_dir / "record.json", record)
             print(f"checkpoint: {self.last_path}")
             print(f"record: {self.out_dir / 'record.json'}")
         return record
-
-
-def train(cfg, config_name: str = "", resume: str | None = None) -> dict:
-    """Run (or resume) one pretraining run; returns its record."""
-    env = Distributed(cfg.TRAIN.DEVICE)
-    try:
-        return PretrainRun(cfg, config_name, env).run(resume)
-    finally:
-        env.close()
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Pretrain a backbone with BYOL or SimSiam, optionally with RIM and IFM.",
-                                epilog="Overrides are KEY VALUE pairs, e.g. RIM.ENABLED true IFM.WEIGHT 0.5")
-    p.add_argument("--config", default="", help="YAML file, or a name in pretrain/configs/ (default: built-in defaults)")
-    p.add_argument("--resume", default=None, help="checkpoint to resume from (default: OUTPUT_DIR/checkpoints/last.pth)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the merged config (defaults, file, overrides) as YAML and exit; reads no data")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs")
-    args = p.parse_args(argv)
-    if "--print-config" in args.overrides:  # also accepted after the KEY VALUE pairs
-        args.overrides = [x for x in args.overrides if x != "--print-config"]
-        args.print_config = True
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = load_config(args.config or None, args.overrides)
-    if args.print_config:
-        print(cfg.dump(), end="")
-        return 0
-    train(cfg, args.config, args.resume)
-    return 0
-
-
-def cli() -> None:
-    """Console entry point."""
-    from rimifm.errors import run_cli
-
-    run_cli(main)

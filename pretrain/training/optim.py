@@ -1,4 +1,4 @@
-"""Optimisers (SGD; LARS in BYOL's and solo-learn's forms), their parameter groups (bias/norm exclusions), schedules."""
+"""Optimisers (SGD; AdamW; LARS in BYOL's and solo-learn's forms), their parameter groups (bias/norm exclusions), schedules."""
 
 from __future__ import annotations
 
@@ -115,6 +115,8 @@ def build_optimizer(cfg, model: nn.Module, lr: float, group_overrides: dict[str,
                     form=o.LARS_FORM, clip_lr=o.LARS_CLIP_LR)
     for g in groups:
         g.pop("lars_exclude")
+    if o.NAME == "adamw":  # decoupled weight decay (Loshchilov & Hutter), torch's AdamW
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.BETAS), weight_decay=o.WEIGHT_DECAY)
     return torch.optim.SGD(groups, lr=lr, momentum=o.MOMENTUM, weight_decay=o.WEIGHT_DECAY)
 
 

@@ -17,8 +17,13 @@ def _online_linear(cfg, result: dict | None) -> dict | None:
             "lr": cfg.ONLINE_LINEAR.LR, "dataset": cfg.DATA.DATASET}
 
 
+#: history entries that are not end-of-run metrics (they have fields of their own, or none)
+NOT_METRICS = ("train_time_s", "train_images", "online_linear", "knn_curve", "precise_bn_images", "precise_bn_step")
+
+
 def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images: int, world_size: int, device,
-                    precision: str, history: dict, wall_time_s: float, code_version: str) -> dict:
+                    precision: str, history: dict, wall_time_s: float, code_version: str,
+                    online_knn: dict | None = None) -> dict:
     """Everything the tables need about one pretraining run (its metrics are the run's `history`)."""
     merged = config_to_dict(cfg)
     record = PretrainRecord(
@@ -34,8 +39,13 @@ def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images:
         world_size=world_size,
         device=device.type,
         precision=precision,
-        metrics={k: v for k, v in history.items() if k not in ("train_time_s", "train_images", "online_linear")},
+        metrics={k: v for k, v in history.items() if k not in NOT_METRICS},
         online_linear=_online_linear(cfg, history.get("online_linear")),
+        train_time_s=round(history["train_time_s"], 3) if "train_time_s" in history else None,
+        online_knn=online_knn,
+        knn_curve=history.get("knn_curve") or None,
+        precise_bn=({"images": history["precise_bn_images"], "step": history["precise_bn_step"]}
+                    if "precise_bn_images" in history else None),
         config=merged,
         config_hash=config_hash(cfg),
         checkpoint=str(checkpoint),

@@ -107,7 +107,7 @@ def test_pickle_module_is_not_needed_for_plain_checkpoints(tmp_path):
 def test_print_config_prints_the_merged_yaml_and_reads_no_data(tmp_path, capsys, where):
     """`--print-config` works before or after the KEY VALUE pairs; the YAML it prints loads back to the
     same config; DATA.ROOT points nowhere, so any data access would fail."""
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
     from tests.helpers import run_main
 
     pairs = ["OPTIM.BASE_LR", "2", "DATA.ROOT", str(tmp_path / "missing"), "RIM.ENABLED", "true"]

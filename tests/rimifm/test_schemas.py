@@ -183,7 +183,9 @@ def test_pretrain_writer_round_trips(tmp_path: Path) -> None:
     assert isinstance(rec, PretrainRecord) and rec.schema_version == SCHEMA_VERSION and rec.rim["enabled"] is True
     assert rec.metrics == {k: v for k, v in history.items() if not k.startswith("train_")}
     assert record_to_dict(rec) == json.loads(path.read_text())
-    assert set(written) - {"schema_version"} == set(LEGACY["pretrain"])  # same keys as before the schema
+    # the keys of before the schema, plus the training time (the monitor's fields only when it ran)
+    assert set(written) - {"schema_version", "train_time_s"} == set(LEGACY["pretrain"])
+    assert written["train_time_s"] == 2.0
 
 
 @pytest.mark.parametrize("per_dataset", [False, True])

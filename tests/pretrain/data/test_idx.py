@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from pretrain.config import load_config
 from pretrain.data.datasets import TwoViewDataset, build_splits
@@ -104,7 +105,7 @@ def test_fmnist_config_loads():
 
 @pytest.mark.slow
 def test_short_pretraining_on_idx_files(tmp_path, capsys):
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
 
     root = tmp_path / "fmnist"
     make_idx_dataset(root, train=20, test=10)
@@ -118,3 +119,22 @@ def test_short_pretraining_on_idx_files(tmp_path, capsys):
     rec = json.loads((out / "record.json").read_text())
     assert rec["steps"] == 2 and rec["dataset"]["name"] == "idx" and rec["dataset"]["images"] == 20
     assert 0 <= rec["metrics"]["knn_top1"] <= 100 and "knn_top1_init" in rec["metrics"]
+
+
+def test_in_memory_images_skip_pil_with_the_same_tensors_and_subsets_keep_that(tmp_path):
+    from pretrain.data.datasets import EvalDataset, first_images, subset
+    from pretrain.data.views import eval_transform
+
+    make_idx_dataset(tmp_path, train=12, test=4)
+    source = IDXSource(tmp_path, train=True)
+    mean, std = (0.3, 0.3, 0.3), (0.2, 0.2, 0.2)
+    fast = EvalDataset(source, 28, mean, std)
+    assert fast.array is not None and EvalDataset(source, 32, mean, std).array is None  # resized: PIL's path
+    for i in range(len(source)):
+        img, label = source[i]
+        x, y = fast[i]
+        assert torch.equal(x, eval_transform(img, 28, mean, std)) and y == label
+    part = subset(source, [5, 2, 9])
+    assert len(part) == 3 and np.array_equal(part.images[2], source.images[9]) and part.labels == [2, 2, 0]
+    assert EvalDataset(part, 28, mean, std).array is not None
+    assert len(first_images(source, 4)) == 4 and first_images(source, 0) is source

@@ -141,7 +141,8 @@ def _record(out: Path) -> dict:
 
 
 def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path, cli):
-    common = ["none", "--random-init", "--dataset", "imagefolder", "--root", colour_data, "--image-size", "16",
+    common = ["none", "--random-init", "--backbone", "resnet18", "--dataset", "imagefolder", "--root", colour_data,
+              "--image-size", "16",
               "--device", "cpu", "--cache-dir", tmp_path / "cache"]
     r = cli(*common, "--protocol", "knn", "--k", "5", "--out", tmp_path / "knn")
     assert r.returncode == 0, r.stderr
@@ -258,7 +259,7 @@ def test_cli_third_party_layout(colour_data, tmp_path, cli):
 
 
 @pytest.mark.parametrize("case", ["missing_ckpt", "unknown_layout", "missing_data", "simsiam_target",
-                                  "zero_epochs", "no_checkpoint", "bad_option"])
+                                  "zero_epochs", "no_checkpoint", "bad_option", "random_init_without_backbone"])
 def test_cli_bad_inputs(case, colour_data, fake_checkpoints, tmp_path, monkeypatch, capsys):
     """Run in-process through the script's __main__ (run_cli): exit 2, one `error:` line, no traceback."""
     bad = tmp_path / "bad.pth"
@@ -274,6 +275,7 @@ def test_cli_bad_inputs(case, colour_data, fake_checkpoints, tmp_path, monkeypat
         "zero_epochs": ["none", "--random-init", *base[:-4], "--protocol", "linear", "--epochs", "0"],
         "no_checkpoint": ["none", *base],
         "bad_option": ["none", "--random-init", *base, "--k", "many"],
+        "random_init_without_backbone": ["none", "--random-init", *base],
     }[case]
     monkeypatch.setattr(sys, "argv", [str(TOOL), *map(str, args)])
     with pytest.raises(SystemExit) as exc:

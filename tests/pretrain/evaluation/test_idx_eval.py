@@ -28,8 +28,9 @@ def test_cli_knn_on_idx(tmp_path, capsys):
     from pretrain.evaluation.cli import main
 
     make_idx_dataset(tmp_path / "data", train=20, test=10, classes=3)
-    r = run_main(main, ["none", "--random-init", "--dataset", "idx", "--root", tmp_path / "data", "--image-size",
-                        "16", "--device", "cpu", "--protocol", "knn", "--k", "5", "--out", tmp_path / "knn"],
+    r = run_main(main, ["none", "--random-init", "--backbone", "resnet18", "--dataset", "idx", "--root",
+                        tmp_path / "data", "--image-size", "16", "--device", "cpu", "--protocol", "knn", "--k", "5",
+                        "--out", tmp_path / "knn"],
                  capsys, threads=1)
     assert r.returncode == 0, r.stderr
     assert "20 train / 10 val images" in r.stdout

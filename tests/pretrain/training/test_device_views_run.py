@@ -17,7 +17,7 @@ def _weights(out) -> dict:
 
 @pytest.mark.slow
 def test_device_views_train_and_resume_exactly(tiny_data, tmp_path, capsys):
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
 
     extra = {"DATA.VIEWS": "device", "TRAIN.DEVICE": "cpu"}
     ref, split = tmp_path / "ref", tmp_path / "split"

@@ -31,7 +31,7 @@ def run(args, **kw):
 def run_here(capsys):
     """The same command run by its main() in this process, one thread like the child processes:
     (returncode, stdout, stderr) without a second start-up of torch."""
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
 
     return lambda args: run_main(main, args, capsys, threads=1)
 
@@ -162,10 +162,11 @@ def test_unreadable_image_and_wrong_resume_errors(tiny_data, tmp_path, run_here)
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     import pretrain.training.loop as train_mod
+    from pretrain.training.cli import train
 
     out = tmp_path / "nan"
     cfg = load_config(None, tiny_overrides(tiny_data, out, **{"TRAIN.EPOCHS": "2"}))
-    train_mod.train(cfg, "", None)
+    train(cfg, "", None)
     good = weights(out / "checkpoints" / "last.pth")
 
     real_build = train_mod.build_method
@@ -185,7 +186,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     monkeypatch.setattr(train_mod, "build_method", poisoned)
     cfg3 = load_config(None, tiny_overrides(tiny_data, out, **{"TRAIN.EPOCHS": "3"}))
     with pytest.raises(UserError, match="loss became nan.*last good checkpoint"):
-        train_mod.train(cfg3, "", None)
+        train(cfg3, "", None)
     after = weights(out / "checkpoints" / "last.pth")
     assert all(torch.equal(good[k], after[k]) for k in good)
 

@@ -65,7 +65,7 @@ def test_online_accuracy_is_the_classifier_on_clean_eval_views(tiny_data):
 
 @pytest.mark.slow
 def test_pretraining_records_online_linear_and_steps_the_lr_per_epoch(tiny_data, tmp_path, capsys):
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
 
     out = tmp_path / "run"
     r = run_main(main, tiny_overrides(tiny_data, out, **{"ONLINE_LINEAR.ENABLED": "true", "ONLINE_LINEAR.LR": "0.5",
@@ -85,7 +85,7 @@ def test_pretraining_records_online_linear_and_steps_the_lr_per_epoch(tiny_data,
 
 
 def test_online_linear_needs_labelled_images(tmp_path, capsys):
-    from pretrain.training.loop import main
+    from pretrain.training.cli import main
 
     flat = make_image_folder(tmp_path / "flat", labelled=False)
     val = make_image_folder(tmp_path / "val")
