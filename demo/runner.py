@@ -1,18 +1,19 @@
-"""The whole chain on the synthetic default, in one command (the README's demo).
+"""The whole chain in one command (the README's demo).
 
-    data -> pretrain BYOL base, +RIM, +IFM, +RIM+IFM -> kNN and linear probe of each (and of a random
-    backbone) -> convert to detectron2 .pkl -> detection fine-tune (base, +RIM+IFM, random init)
+    classification: the study (demo/study.py) at a small size -> pretrain BYOL base, +RIM, +IFM, +RIM+IFM and
+      evaluate each beside a random backbone (and the raw pixels):
+        on Fashion-MNIST when its files are here (the CPU recipe fmnist_cpu_byol.yaml, kNN), where a CPU
+        run of minutes learns; else on the synthetic set (synthetic_byol.yaml, kNN and a linear probe)
+    detection: convert base and +RIM+IFM backbones of the synthetic set to detectron2 .pkl -> fine-tune
+      Faster R-CNN from them and from random init
     -> tables and plots
 
-Every step is the command a user would type (tools/pretrain.py, tools/eval_classification.py,
-tools/convert_to_d2.py, detection/train_net.py, tools/make_tables.py): it is printed, then run by that
-command's own main() in this process (one start-up of torch for the whole chain), so the progress
-bars, errors and records are theirs. A step whose output is already complete is skipped, so
-running the demo again reuses what is done and an interrupted demo continues where it stopped
-(pretraining resumes from its last checkpoint). Output folder names carry the settings that change
-the result (epochs, iterations, seed), so a demo with other settings never reuses a wrong run.
+Every step is the command a user would type, run by that command's own main() in this process (see
+demo/steps.py): a finished step is reused, so running the demo again (or after Ctrl-C) continues where
+it stopped. Output folder names carry the settings that change the result (epochs, iterations, seed,
+overrides), so a demo with other settings never reuses a wrong run.
 
-    python tools/demo.py                     # about 15 minutes on 2 CPU cores
+    python tools/demo.py                     # under 15 minutes on a slow 2-core CPU
     python tools/demo.py --seeds 0 1 2       # mean +- std over three seeds in the tables
     python tools/demo.py --quick --data /tmp/s --out /tmp/o --tables /tmp/t   # tiny, for tests
 """
@@ -21,44 +22,53 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rimifm.errors import UserError, clean_message, run_cli
+from demo.steps import Steps
+from demo.study import VARIANTS, Plan, Study
+from pretrain.data.idx import IDX_FILES
+from rimifm.errors import UserError, run_cli
 from rimifm.io import atomic_write_text
 from synthetic.generator import generate, is_complete, read_meta
 
-#: (name, overrides) of the four pretraining variants; names end up in the output folder names
-VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("byol", ()),
-    ("byol-rim", ("RIM.ENABLED", "true")),
-    ("byol-ifm", ("IFM.ENABLED", "true")),
-    ("byol-rim-ifm", ("RIM.ENABLED", "true", "IFM.ENABLED", "true")),
-)
 #: variants fine-tuned for detection (besides random init): the base and the full method
-DETECTION_VARIANTS = ("byol", "byol-rim-ifm")
+DETECTION_VARIANTS = ("base", "rim-ifm")
 
 #: the demo's own synthetic set: the default benchmark's classification split (100 + 50 images per class,
 #: so top-1 has a standard error of about 2.7 points) with fewer pretraining and detection images, so that
 #: the whole chain fits in 15 minutes on the slowest 2-core machine we measured (README, "Timings")
 DEMO_SIZES = dict(pretrain_images=1536, cls_train_per_class=100, cls_val_per_class=50, det_trainval=120, det_test=60,
                   image_size=32, det_image_size=128)
-#: said at the start and the end of every demo: what its numbers can and cannot show
-WHAT_IT_SHOWS = (
-    "A demo of minutes on a CPU measures the pipeline, not the method: no self-supervised run that short "
-    "learns class structure (measured: no kNN gain on the synthetic set after 12,500 CPU steps, and BYOL's "
-    "kNN top-1 on Fashion-MNIST fell from 79.3% at initialisation to 76.4% after 300 steps), so its deltas "
-    "are noise. What measures the method is a GPU run of a real recipe, for example "
-    "`bash tools/run_pretrain.sh cifar10_byol.yaml DATA.ROOT <cifar-10 folder> [RIM.ENABLED true] "
-    "[IFM.ENABLED true]` (1000 epochs), then `python tools/eval_classification.py` on its checkpoint.")
 #: tiny sizes of --quick (the test suite's version of the demo)
 QUICK_SIZES = dict(pretrain_images=48, cls_train_per_class=4, cls_val_per_class=2, det_trainval=6, det_test=4,
                    image_size=32, det_image_size=96)
+#: pretraining overrides of --quick: small batches and heads
+QUICK_PRETRAIN_OPTS = ("DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.KNN_K", "4", "MODEL.PROJ_HIDDEN_DIM", "64",
+                       "MODEL.PRED_HIDDEN_DIM", "64", "MODEL.PROJ_OUTPUT_DIM", "32")
+#: where the demo looks for Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist, or a local copy)
+FMNIST_PLACES = ("datasets/fashion-mnist", "/usr/share/datasets/fashion-mnist")
+#: the demo's size of the Fashion-MNIST study: every variant pretrains on the first FMNIST_DEMO_IMAGES training
+#: images for one epoch (the study itself runs the whole recipe), and the bank of the kNN is all 60k
+FMNIST_DEMO_IMAGES = 20480
+
+#: said at the start and the end of a demo on the synthetic set: what its numbers can and cannot show
+WHAT_IT_SHOWS = (
+    "A demo of minutes on a CPU on the synthetic set measures the pipeline, not the method: no self-supervised "
+    "run that short learns its classes (measured: no kNN gain on the synthetic set after 12,500 CPU steps), so "
+    "its deltas are noise. Fashion-MNIST is where a CPU run of minutes learns: `apt-get install "
+    "dataset-fashion-mnist` (or its four IDX files in datasets/fashion-mnist/) and run the demo again. What "
+    "measures the method at full scale is a GPU run of a real recipe, for example `bash tools/run_pretrain.sh "
+    "cifar10_byol.yaml DATA.ROOT <cifar-10 folder> [RIM.ENABLED true] [IFM.ENABLED true]` (1000 epochs).")
+#: the same for a demo whose classification half runs on Fashion-MNIST
+WHAT_IT_SHOWS_FMNIST = (
+    "The classification half runs on real Fashion-MNIST with the CPU recipe fmnist_cpu_byol.yaml, cut to one "
+    f"epoch on {FMNIST_DEMO_IMAGES} images per variant so that it fits the demo: each row is kNN top-1 on the "
+    "10k test images with its standard error, beside a random backbone and the raw pixels. The full recipe and "
+    "its study over seeds: `python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT <folder>`. "
+    "The detection half still fine-tunes on the synthetic set, where a run this short measures the pipeline only.")
 
 
 @dataclass
@@ -77,110 +87,90 @@ class Settings:
     quick: bool
     detection: bool = True
     pretrain_opts: tuple[str, ...] = ()
+    fmnist: Path | None = None
+
+
+def find_fmnist(explicit: str | None) -> Path | None:
+    """The Fashion-MNIST folder: --fmnist DIR (must hold the files), else the first of FMNIST_PLACES that does."""
+    names = [n for pair in IDX_FILES.values() for n in pair]
+
+    def complete(folder: Path) -> bool:
+        return all((folder / f"{n}.gz").is_file() or (folder / n).is_file() for n in names)
+
+    if explicit:
+        folder = Path(explicit)
+        if not complete(folder):
+            raise UserError(f"--fmnist {folder}: the folder must hold Fashion-MNIST's four IDX files ({', '.join(names)}, "
+                            "each .gz or not); `apt-get install dataset-fashion-mnist` puts them in "
+                            "/usr/share/datasets/fashion-mnist")
+        return folder
+    return next((Path(p) for p in FMNIST_PLACES if complete(Path(p))), None)
 
 
 class Demo:
-    """Runs the steps in order, skipping finished ones, and reports progress and time."""
+    """The classification study at the demo's size, then the detection steps and the tables."""
 
     def __init__(self, s: Settings):
         self.s = s
-        self.t0 = time.perf_counter()
-        self.step_no = 0
-        self.steps_total = self._count_steps()
+        self.steps = Steps("demo")
+        self.study = Study(self._plan(), self.steps)
+        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds) if s.detection else 0  # convert + fine-tune, random
+        if s.detection and s.fmnist is not None:
+            n_det += len(DETECTION_VARIANTS) * len(s.seeds)  # their own synthetic pretraining
+        self.steps.total += 1 + n_det + 1  # data, detection, tables
 
-    def _count_steps(self) -> int:
+    def _plan(self) -> Plan:
         s = self.s
-        n_pre = len(VARIANTS) * len(s.seeds)
-        n_eval = 2 * (n_pre + 1)
-        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds) if s.detection else 0  # convert + fine-tune, random init
-        return 1 + n_pre + n_eval + n_det + 1
-
-    # ---------------------------------------------------------------------------------------- plumbing
-
-    def _banner(self, what: str, skipped: bool = False) -> None:
-        self.step_no += 1
-        mins, secs = divmod(int(time.perf_counter() - self.t0), 60)
-        state = "done already, reused" if skipped else "running"
-        print(f"\n[demo {self.step_no}/{self.steps_total} | {mins:02d}:{secs:02d}] {what} ({state})", flush=True)
-
-    def _skip_or_announce(self, what: str, folder: Path) -> bool:
-        """Print the step's banner; True when the step is done already (its folder has a record)."""
-        done = _finished(folder)
-        self._banner(what, skipped=done)
-        return done
-
-    def _run(self, args: list[str]) -> None:
-        """Run one step: the command a user would type, echoed, then executed by its own main() in this process.
-
-        One Python process for the whole chain saves torch's start-up per step (about 5 s each on a slow
-        2-core machine, some twenty steps). A step's error stops the demo with that step's message.
-        """
-        print("  $ " + " ".join(_shell_quote(a) for a in ["python", *args]), flush=True)
-        main = _step_main(args[0])
-        try:
-            code = main(args[1:])
-        except UserError as exc:
-            raise UserError(f"demo step failed: {' '.join(args[:2])} ...: {clean_message(exc)}\nFix it and run "
-                            "the demo again: finished steps are reused") from None
-        if code:
-            raise UserError(f"demo step failed (exit {code}): {' '.join(args[:2])} ...; the message above says why. "
-                            "Fix it and run the demo again: finished steps are reused")
+        tag = f"e{s.epochs}{_opts_tag(s.pretrain_opts)}"
+        quick = QUICK_PRETRAIN_OPTS if s.quick else ()
+        common = ["TRAIN.EPOCHS", str(s.epochs), "TRAIN.KNN_PERIOD", str(s.epochs)]
+        test = "paired-t" if len(s.seeds) >= 2 else "none"
+        if s.fmnist is not None:
+            limit = "96" if s.quick else str(FMNIST_DEMO_IMAGES)
+            return Plan(config="fmnist_cpu_byol.yaml", seeds=s.seeds, out=s.out / "fmnist" / tag,
+                        results=s.tables / "fmnist", variants=list(VARIANTS.items()),
+                        opts=("DATA.ROOT", str(s.fmnist), "DATA.LIMIT", limit, *common, *quick, *s.pretrain_opts),
+                        k=4 if s.quick else 20, test=test, supervised=False, raw_pixels=True, name="demo")
+        return Plan(config="synthetic_byol.yaml", seeds=s.seeds, out=s.out / "synthetic" / tag,
+                    results=s.tables / "synthetic", variants=list(VARIANTS.items()),
+                    opts=("DATA.ROOT", str(s.data), *common, *quick, *s.pretrain_opts), k=4 if s.quick else 200,
+                    test=test, supervised=False, raw_pixels=False, linear_epochs=s.linear_epochs, name="demo")
 
     # ------------------------------------------------------------------------------------------- steps
 
     def data(self) -> None:
         s = self.s
         if is_complete(s.data):
-            self._banner(f"synthetic benchmark in {s.data}", skipped=True)
+            self.steps.banner(f"synthetic benchmark in {s.data}", skipped=True)
             return
-        self._banner(f"synthetic benchmark -> {s.data}")
+        self.steps.banner(f"synthetic benchmark -> {s.data}")
         generate(s.data, seed=0, **(QUICK_SIZES if s.quick else DEMO_SIZES))
 
-    def pretrain(self, name: str, overrides: tuple[str, ...], seed: int) -> Path:
-        """Pretrain one variant; returns its run folder (which holds checkpoints/last.pth)."""
+    def detection_backbone(self, name: str, seed: int) -> Path:
+        """A synthetic pretraining run of `name` to fine-tune from: the study's when it ran on the synthetic set,
+        else one of its own (the synthetic recipe, same epochs and overrides)."""
+        if self.s.fmnist is None:
+            return self.study.runs[name, seed]
         s = self.s
-        run = s.out / "pretrain" / f"{name}-e{s.epochs}{_opts_tag(s.pretrain_opts)}-s{seed}"
-        what = f"pretrain {name}, {s.epochs} epochs, seed {seed} -> {run}"
-        if self._skip_or_announce(what, run):
-            return run
-        args = ["tools/pretrain.py", "--config", "synthetic_byol.yaml", "OUTPUT_DIR", str(run),
-                "DATA.ROOT", str(s.data), "TRAIN.EPOCHS", str(s.epochs), "SEED", str(seed),
-                "TRAIN.KNN_PERIOD", str(s.epochs), *overrides]
-        if s.quick:
-            args += ["DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.KNN_K", "4",
-                     "MODEL.PROJ_HIDDEN_DIM", "64", "MODEL.PRED_HIDDEN_DIM", "64", "MODEL.PROJ_OUTPUT_DIM", "32"]
-        self._run(args + list(s.pretrain_opts))
+        run = s.out / "synthetic-detection" / f"e{s.epochs}{_opts_tag(s.pretrain_opts)}" / \
+            f"byol{'' if name == 'base' else '-' + name}-s{seed}"
+        if not self.steps.start(f"pretrain {self.study.label(name)} on the synthetic set for detection, seed {seed} "
+                                f"-> {run}", run):
+            self.steps.run(["tools/pretrain.py", "--config", "synthetic_byol.yaml", "DATA.ROOT", str(s.data),
+                            "TRAIN.EPOCHS", str(s.epochs), "TRAIN.KNN_PERIOD", str(s.epochs), *VARIANTS[name],
+                            *(QUICK_PRETRAIN_OPTS if s.quick else ()), *s.pretrain_opts, "SEED", str(seed),
+                            "OUTPUT_DIR", str(run)])
         return run
-
-    def evaluate(self, run: Path | None, protocol: str, seed: int, like: Path | None = None) -> None:
-        """kNN or linear probe of a run's checkpoint, or of a random backbone (run None) built like the
-        pretraining run `like` (same backbone and stem)."""
-        s = self.s
-        name = run.name if run is not None else f"random-init{_opts_tag(s.pretrain_opts)}-s{seed}"
-        setting = f"k{4 if s.quick else 200}" if protocol == "knn" else f"e{s.linear_epochs}"
-        out = s.out / "eval" / f"{name}-{protocol}-{setting}"
-        what = f"{protocol} evaluation of {name} -> {out}"
-        if self._skip_or_announce(what, out):
-            return
-        source = [str(run / "checkpoints" / "last.pth")] if run is not None else \
-            ["none", "--random-init", *_backbone_args(like)]
-        args = ["tools/eval_classification.py", *source, "--dataset", "synthetic", "--root", str(s.data),
-                "--protocol", protocol, "--out", str(out), "--seed", str(seed), "--workers", "0"]
-        if protocol == "linear-cached":  # the fast probe: the published linear protocol is too slow for a CPU demo
-            args += ["--epochs", str(s.linear_epochs)]
-        if s.quick and protocol == "knn":
-            args += ["--k", "4"]
-        self._run(args)
 
     def convert(self, run: Path) -> Path:
         """The run's backbone as detectron2 weights, kept inside the run folder (the tables link it)."""
         pkl = run / "backbone_d2.pkl"
         what = f"convert {run.name} -> {pkl}"
         if pkl.is_file():
-            self._banner(what, skipped=True)
+            self.steps.banner(what, skipped=True)
             return pkl
-        self._banner(what)
-        self._run(["tools/convert_to_d2.py", str(run / "checkpoints" / "last.pth"), str(pkl)])
+        self.steps.banner(what)
+        self.steps.run(["tools/convert_to_d2.py", str(run / "checkpoints" / "last.pth"), str(pkl)])
         return pkl
 
     def detect(self, pkl: Path | None, seed: int) -> None:
@@ -188,8 +178,7 @@ class Demo:
         s = self.s
         name = pkl.parent.name if pkl is not None else f"random-init-s{seed}"
         out = s.out / "detection" / f"{name}-{Path(s.det_config).stem}-{s.det_iters}it"
-        what = f"detection fine-tune of {name}, {s.det_iters} iterations -> {out}"
-        if self._skip_or_announce(what, out):
+        if self.steps.start(f"detection fine-tune of {name}, {s.det_iters} iterations -> {out}", out):
             return
         steps = (int(s.det_iters * 2 / 3), int(s.det_iters * 8 / 9))
         args = ["detection/train_net.py", "--config", s.det_config, "--engine", s.engine,
@@ -202,11 +191,11 @@ class Demo:
             args += ["TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
                      "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "107", "INPUT.MIN_SIZE_TEST", "64",
                      "INPUT.MAX_SIZE_TEST", "107"]
-        self._run(args)
+        self.steps.run(args)
 
     def make_tables(self) -> None:
-        self._banner(f"tables and plots -> {self.s.tables}")
-        self._run(["tools/make_tables.py", str(self.s.out), "--out", str(self.s.tables)])
+        self.steps.banner(f"tables and plots -> {self.s.tables}")
+        self.steps.run(["tools/make_tables.py", str(self.s.out), "--out", str(self.s.tables)])
 
     # --------------------------------------------------------------------------------------------- all
 
@@ -225,41 +214,21 @@ class Demo:
 
     def _run_all(self) -> None:
         s = self.s
-        print(f"note: {WHAT_IT_SHOWS}", flush=True)
+        note = WHAT_IT_SHOWS if s.fmnist is None else WHAT_IT_SHOWS_FMNIST
+        print(f"note: {note}", flush=True)
+        if s.fmnist is not None:
+            print(f"Fashion-MNIST: {s.fmnist}", flush=True)
         self.data()
         _check_out_folder(s)  # now with the dataset's version, seed and sizes
-        runs: dict[tuple[str, int], Path] = {}
-        for seed in s.seeds:
-            for name, overrides in VARIANTS:
-                runs[name, seed] = self.pretrain(name, overrides, seed)
-        for protocol in ("knn", "linear-cached"):
-            self.evaluate(None, protocol, s.seeds[0], like=runs[VARIANTS[0][0], s.seeds[0]])
-            for (_, seed), run in runs.items():
-                self.evaluate(run, protocol, seed)
+        self.study.run()
         for seed in s.seeds if s.detection else ():
             self.detect(None, seed)
             for name in DETECTION_VARIANTS:
-                self.detect(self.convert(runs[name, seed]), seed)
+                self.detect(self.convert(self.detection_backbone(name, seed)), seed)
         self.make_tables()
-        mins, secs = divmod(int(time.perf_counter() - self.t0), 60)
-        print(f"\ndemo finished in {mins} min {secs:02d} s; tables and plots: {s.tables}/ "
-              f"(runs and records: {s.out}/)")
-        print(f"note: {WHAT_IT_SHOWS}")
-
-
-#: the module whose main(argv) each user command of the chain runs
-_STEP_MODULES = {
-    "tools/pretrain.py": "pretrain.training.loop",
-    "tools/eval_classification.py": "pretrain.evaluation.cli",
-    "tools/convert_to_d2.py": "detection.convert",
-    "detection/train_net.py": "detection.train_net",
-    "tools/make_tables.py": "reporting.cli",
-}
-
-
-def _step_main(script: str) -> Callable[[list[str]], int | None]:
-    """The main(argv) behind a user command of the chain (imported when first needed)."""
-    return importlib.import_module(_STEP_MODULES[script]).main
+        print(f"\ndemo finished in {self.steps.elapsed()}; the classification study: {self.study.plan.results}/"
+              f"study.md; all tables and plots: {s.tables}/ (runs and records: {s.out}/)")
+        print(f"note: {note}")
 
 
 def _check_out_folder(s: Settings) -> None:
@@ -302,35 +271,15 @@ def _opts_tag(opts: tuple[str, ...]) -> str:
     return "-o" + hashlib.sha256("\0".join(opts).encode()).hexdigest()[:8]
 
 
-def _backbone_args(run: Path | None) -> list[str]:
-    """eval_classification.py arguments for a random backbone shaped like pretraining run `run`."""
-    model: dict = {}
-    if run is not None:
-        try:
-            model = json.loads((run / "record.json").read_text())["config"]["MODEL"]
-        except (OSError, ValueError, KeyError, TypeError):
-            model = {}
-    args = ["--backbone", str(model.get("BACKBONE", "resnet18"))]
-    return args + ["--cifar-stem"] if model.get("CIFAR_STEM") else args
-
-
-def _finished(folder: Path) -> bool:
-    """A step is done when its folder holds a record.json that parses (records are written last)."""
-    try:
-        json.loads((folder / "record.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _shell_quote(arg: str) -> str:
-    return arg if arg and all(c.isalnum() or c in "-_./=:,+" for c in arg) else "'" + arg.replace("'", "'\\''") + "'"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="synthetic set, made when missing (default datasets/synthetic-demo; "
                    "--quick: datasets/synthetic-quick)")
+    p.add_argument("--fmnist", default=None,
+                   help="Fashion-MNIST's IDX folder for the classification half (default: the first of "
+                        f"{', '.join(FMNIST_PLACES)} that holds the files)")
+    p.add_argument("--no-fmnist", dest="use_fmnist", action="store_false",
+                   help="classification on the synthetic set even when Fashion-MNIST is here")
     p.add_argument("--out", default=None, help="folder of the demo's runs and records (default outputs/demo; "
                    "--quick: outputs/demo-quick)")
     p.add_argument("--tables", default=None, help="folder the tables and plots go to (default results/demo; "
@@ -342,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=("auto", "detectron2", "torchvision"),
                    help="detection engine (auto: detectron2 when it imports)")
     p.add_argument("--linear-epochs", type=int, default=None,
-                   help="linear-cached probe epochs (default 100; quick 5)")
+                   help="synthetic set: linear-cached probe epochs (default 100; quick 5)")
     p.add_argument("--no-detection", dest="detection", action="store_false",
                    help="stop after pretraining and the classification evaluations (no convert / fine-tune steps)")
     p.add_argument("--pretrain-opts", nargs="+", default=[], metavar="KEY VALUE",
@@ -364,16 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     def pick(value: int | None, quick_default: int, default: int) -> int:
         return value if value is not None else quick_default if quick else default
 
-    s = Settings(data=Path(a.data or ("datasets/synthetic-quick" if quick else "datasets/synthetic-demo")), out=Path(a.out or ("outputs/demo-quick" if quick else "outputs/demo")),
+    s = Settings(data=Path(a.data or ("datasets/synthetic-quick" if quick else "datasets/synthetic-demo")),
+                 out=Path(a.out or ("outputs/demo-quick" if quick else "outputs/demo")),
                  tables=Path(a.tables or ("results/demo-quick" if quick else "results/demo")),
                  seeds=list(dict.fromkeys(a.seeds)), epochs=pick(a.epochs, 1, 1), det_config=a.det_config,
                  det_iters=pick(a.det_iters, 4, 30), engine=a.engine,
                  linear_epochs=pick(a.linear_epochs, 5, 100), quick=quick, detection=a.detection,
-                 pretrain_opts=tuple(a.pretrain_opts))
+                 pretrain_opts=tuple(a.pretrain_opts), fmnist=find_fmnist(a.fmnist) if a.use_fmnist else None)
+    demo = Demo(s)  # the plan's checks (config, overrides) before anything is written
     _check_out_folder(s)
-    Demo(s).run()
+    demo.run()
     return 0
-
 
 
 def cli() -> None:

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from demo import runner
-from tests.helpers import REPO, run_main
+from tests.helpers import REPO, make_idx_dataset, run_main
 
 
 def _argv(tmp_path: Path, *extra: str) -> list[str]:
+    """The quick demo on the synthetic set, unless `extra` names a Fashion-MNIST folder (--fmnist)."""
+    where = [] if "--fmnist" in extra else ["--no-fmnist"]
     return ["--quick", "--engine", "torchvision", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
-            "--tables", str(tmp_path / "tables"), *extra]
+            "--tables", str(tmp_path / "tables"), *where, *extra]
 
 
 def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -31,44 +33,52 @@ def _demo_here(tmp_path: Path, capsys, *extra: str):
 
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, capsys):
-    proc = _demo(tmp_path)
+    """With Fashion-MNIST files (tiny ones here): its classification study, then detection on the synthetic set."""
+    fmnist = tmp_path / "fmnist"
+    make_idx_dataset(fmnist, train=120, test=30, classes=4)
+    proc = _demo(tmp_path, "--fmnist", str(fmnist))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
     records = {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.rglob("record.json")}
     kinds = sorted(r["kind"] for r in records.values())
-    # 4 pretrainings; kNN and linear for each of them and for a random backbone; 3 detection runs
-    assert kinds.count("pretrain") == 4
-    assert kinds.count("knn") == 5 and kinds.count("linear") == 5
+    # 4 pretrainings on Fashion-MNIST and kNN of each, of a random backbone and of the raw pixels; 2 synthetic
+    # pretrainings for detection and 3 detection runs
+    assert kinds.count("pretrain") == 4 + 2 and kinds.count("knn") == 6 and kinds.count("linear") == 0
     assert kinds.count("detection") == 3
-    pre = {k: r for k, r in records.items() if r["kind"] == "pretrain"}
+    pre = {k: r for k, r in records.items() if r["kind"] == "pretrain" and r["dataset"]["name"] == "idx"}
     switches = sorted((r["rim"]["enabled"], r["ifm"]["enabled"]) for r in pre.values())
     assert switches == [(False, False), (False, True), (True, False), (True, True)]
+    assert all(r["backbone"] == "resnet_tiny" and r["dataset"]["images"] == 96 for r in pre.values())  # DATA.LIMIT
+    knn = [r for r in records.values() if r["kind"] == "knn"]
+    assert all(r["dataset"] == "idx" and r["num_train"] == 120 and r["num_val"] == 30 for r in knn)
     det = [r for r in records.values() if r["kind"] == "detection"]
     assert sorted(bool(r["source_checkpoint"]) for r in det) == [False, True, True]
     assert all(r["engine"] == "torchvision" and "AP50" in r["metrics"] for r in det)
 
     tables = tmp_path / "tables"
+    study = (tables / "fmnist" / "study.md").read_text()
+    assert study.startswith("# Fashion-MNIST · ResNet-tiny · fmnist_cpu_byol")
+    for row in ("BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+RIM+IFM", "random init", "raw pixels"):
+        assert f"| {row} |" in study, f"{row} row missing from the study table:\n{study}"
+    assert "1 seed" in study and "(SE)" in study  # one seed: standard errors, no test
     for name in ("classification", "detection", "ablation"):
         for ext in ("md", "csv", "tex"):
             assert (tables / f"{name}.{ext}").is_file(), f"{name}.{ext} missing"
-    cls = (tables / "classification.md").read_text()
-    for method in ("random init", "BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+RIM+IFM"):
-        assert f"| {method} |" in cls, f"{method} row missing from the classification table:\n{cls}"
     detection = (tables / "detection.md").read_text()
     for method in ("random init", "BYOL", "BYOL+RIM+IFM"):
         assert f"| {method} |" in detection, f"{method} row missing from the detection table:\n{detection}"
-    # the end of the output names the tables and prints them
+    # the end of the output names the tables and says what the numbers show
     assert "demo finished" in proc.stdout and str(tables) in proc.stdout
-    assert proc.stdout.rstrip().splitlines()[-1].startswith("note: A demo of minutes on a CPU measures the pipeline")
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("note: The classification half runs on real Fashion-MNIST")
     assert "| BYOL+RIM+IFM |" in proc.stdout
 
     # a second run reuses every finished step and regenerates the same tables
-    before = {p.name: p.read_bytes() for p in tables.glob("*.*")}
-    again = _demo_here(tmp_path, capsys)
+    before = {p.name: p.read_bytes() for p in tables.rglob("*.*")}
+    again = _demo_here(tmp_path, capsys, "--fmnist", str(fmnist))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count("(running)") == 1, again.stdout  # only the tables are made again
-    assert again.stdout.count("done already, reused") >= 4 + 10 + 3 + 2
-    assert {p.name: p.read_bytes() for p in tables.glob("*.*")} == before
+    assert again.stdout.count("(running)") == 2, again.stdout  # only the study's report and the tables
+    assert again.stdout.count("done already, reused") >= 4 + 6 + 2 + 3 + 2
+    assert {p.name: p.read_bytes() for p in tables.rglob("*.*")} == before
 
 
 def test_demo_rejects_bad_settings(tmp_path, capsys):
@@ -97,7 +107,7 @@ def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp
                     det_trainval=6, det_test=4, image_size=32, det_image_size=96)
     meta = json.loads((data / "meta.json").read_text())
     runs = tmp_path / "runs"
-    (runs / "pretrain" / "byol-e1-s0").mkdir(parents=True)
+    (runs / "synthetic" / "e1" / "pretrain" / "byol-s0").mkdir(parents=True)
     stamp = {"data": str(data.resolve()), "quick": True}
     if stamped == "other generator version":
         stamp["dataset"] = {"version": meta["version"] - 1, "seed": meta["seed"], "sizes": meta["sizes"]}
@@ -106,7 +116,7 @@ def test_demo_refuses_runs_made_from_another_version_of_the_same_data_folder(tmp
     assert proc.returncode == 2, proc.stdout[-2000:]
     assert "other settings or other data" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((runs / "demo.json").read_text()) == stamp
-    assert [p.name for p in (runs / "pretrain").iterdir()] == ["byol-e1-s0"]
+    assert [p.name for p in (runs / "synthetic" / "e1" / "pretrain").iterdir()] == ["byol-s0"]
 
 
 def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tmp_path):
@@ -140,10 +150,12 @@ def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tm
     assert json.loads(stamp.read_text()) == recorded
 
 
+OPTS = ("MODEL.CIFAR_STEM", "true", "TRAIN.MAX_STEPS", "1", "TRAIN.KNN_PERIOD", "0")
+
+
 @pytest.mark.slow
 def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_path, capsys):
-    proc = _demo_here(tmp_path, capsys, "--no-detection", "--pretrain-opts", "MODEL.CIFAR_STEM", "true",
-                      "TRAIN.MAX_STEPS", "1", "TRAIN.KNN_PERIOD", "0")
+    proc = _demo_here(tmp_path, capsys, "--no-detection", "--pretrain-opts", *OPTS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "runs"
     records = [json.loads(p.read_text()) for p in runs.rglob("record.json")]
@@ -152,12 +164,10 @@ def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_pa
     assert not (runs / "detection").exists() and not list(runs.rglob("*.pkl"))
     pre = [r for r in records if r["kind"] == "pretrain"]
     assert all(r["config"]["MODEL"]["CIFAR_STEM"] is True for r in pre)
-    # the random backbone it is compared with has the same stem, and every folder names the overrides
+    # the random backbone it is compared with has the same stem, and the runs' folder names the overrides
     random_init = [r for r in records if r["kind"] in ("knn", "linear") and r["source"] == "random-init"]
     assert len(random_init) == 2 and all(r["cifar_stem"] is True for r in random_init)
-    tag = {p.name.split("-o")[1][:8] for p in (runs / "pretrain").iterdir()} | \
-        {p.name.split("-o")[1][:8] for p in (runs / "eval").iterdir()}
-    assert len(tag) == 1
+    assert [p.name for p in (runs / "synthetic").iterdir()] == [f"e1-o{runner._opts_tag(OPTS)[2:]}"]
     assert "| random init |" in (tmp_path / "tables" / "classification.md").read_text()
 
 

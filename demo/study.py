@@ -1,0 +1,284 @@
+"""The study: do RIM and IFM help? Base, +RIM, +IFM and +RIM+IFM of one recipe over seeds, at equal budget,
+beside a random backbone, the raw pixels and a supervised ceiling, with a paired test across seeds.
+
+    python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 [DATA.ROOT DIR ...]
+
+For every seed: each variant is pretrained with the recipe (same epochs, same seed) and its last.pth
+evaluated by kNN (k=20, T=0.1 by default) on the validation split with the whole training split as the
+bank; a random backbone built like the recipe with that seed (the weights the seed's pretraining starts
+from) is evaluated the same way; and the recipe's backbone is trained with labels (METHOD supervised)
+for the training time the base variant took (TRAIN.TIME_BUDGET_S), then evaluated likewise. The raw
+pixels are evaluated once. The report (reporting/study.py) writes study.md, study.csv, per_seed.csv and
+curves.png to the results folder. The demo runs the same study at a smaller size (demo/runner.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo.steps import Steps, read_json
+from pretrain.config import config_hash, load_config, resolve_config_path
+from reporting.study import backbone_title, dataset_title, write_report
+from rimifm.errors import UserError, run_cli
+from rimifm.io import atomic_write_text
+from rimifm.records import code_version
+
+#: the four variants of the method: (folder tag, overrides)
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "rim": ("RIM.ENABLED", "true"),
+    "ifm": ("IFM.ENABLED", "true"),
+    "rim-ifm": ("RIM.ENABLED", "true", "IFM.ENABLED", "true"),
+}
+LABELS = {"base": "", "rim": "+RIM", "ifm": "+IFM", "rim-ifm": "+RIM+IFM"}
+#: eval_classification.py's --dataset for each DATA.DATASET
+EVAL_DATASETS = {"synthetic": "synthetic", "cifar10": "cifar10", "cifar100": "cifar100", "idx": "idx",
+                 "imagefolder": "imagefolder"}
+TESTS = ("paired-t", "none")
+
+
+@dataclass
+class Plan:
+    """What a study runs; `opts` are KEY VALUE overrides for every pretraining run (e.g. DATA.ROOT)."""
+
+    config: str
+    seeds: list[int]
+    out: Path
+    results: Path
+    variants: list[tuple[str, tuple[str, ...]]] = field(default_factory=lambda: list(VARIANTS.items()))
+    opts: tuple[str, ...] = ()
+    k: int = 20
+    temperature: float = 0.1
+    test: str = "paired-t"
+    supervised: bool = True
+    raw_pixels: bool = True
+    #: also the fast linear probe on cached features (the demo's second protocol), with this many epochs
+    linear_epochs: int = 0
+    command: str = ""
+    calibration: float | None = None
+    name: str = "study"
+
+
+class Study:
+    """Runs a Plan's steps in order (finished ones are reused), then writes the report."""
+
+    def __init__(self, plan: Plan, steps: Steps | None = None):
+        self.plan = plan
+        if plan.test not in TESTS:
+            raise UserError(f"unknown --test {plan.test!r}; choose one of {', '.join(TESTS)}")
+        if plan.test == "paired-t" and len(plan.seeds) < 2:
+            raise UserError(f"a paired test across seeds needs at least 2 seeds (got {len(plan.seeds)}: "
+                            f"{' '.join(map(str, plan.seeds))}); run more, e.g. --seeds 0 1 2, or pass --test none")
+        names = [n for n, _ in plan.variants]
+        if len(set(names)) != len(names) or "base" not in names:
+            raise UserError(f"the variants must have distinct names and include base (got {', '.join(names)})")
+        self.cfg = load_config(plan.config, list(plan.opts))  # a bad config or override stops here
+        self.method = self.cfg.METHOD
+        if self.method not in ("byol", "simsiam"):
+            raise UserError(f"{plan.config}: a study compares variants of byol or simsiam, not METHOD {self.method}")
+        self.dataset_args = self._dataset_args()
+        self.steps = steps or Steps(plan.name)
+        self.steps.total += self.step_count()
+        self.runs: dict[tuple[str, int], Path] = {}  # (variant, seed) -> pretraining folder, once run
+
+    # ---------------------------------------------------------------------------------------- set-up
+
+    def _dataset_args(self) -> list[str]:
+        d = self.cfg.DATA
+        if d.DATASET == "imagefolder":
+            if not (d.KNN_TRAIN and d.KNN_VAL):
+                raise UserError(f"{self.plan.config}: a study evaluates by kNN on labelled splits; an imagefolder "
+                                "recipe needs DATA.KNN_TRAIN and DATA.KNN_VAL")
+            return ["--dataset", "imagefolder", "--train-dir", d.KNN_TRAIN, "--val-dir", d.KNN_VAL]
+        return ["--dataset", EVAL_DATASETS[d.DATASET], "--root", d.ROOT]
+
+    def protocols(self) -> int:
+        return 2 if self.plan.linear_epochs else 1
+
+    def step_count(self) -> int:
+        n = self.protocols()
+        per_seed = (1 + n) * len(self.plan.variants) + n + ((1 + n) if self.plan.supervised else 0)
+        return len(self.plan.seeds) * per_seed + (n if self.plan.raw_pixels else 0) + 1  # + the report
+
+    def check_out_folder(self) -> None:
+        """The runs folder remembers the recipe it was made with; another recipe needs another --out."""
+        stamp = self.plan.out / "study.json"
+        want = {"config": str(resolve_config_path(self.plan.config).resolve()),
+                "config_hash": config_hash(self._recipe_cfg())}
+        if stamp.is_file():
+            have = read_json(stamp)
+            if {k: have.get(k) for k in want} != want:
+                raise UserError(f"{self.plan.out} holds {self.plan.name} runs of another recipe or other overrides "
+                                f"({stamp}); pass another --out, or delete that folder to start again")
+        else:
+            self.plan.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(stamp, json.dumps(want, indent=1) + "\n")
+
+    def _recipe_cfg(self):
+        """The merged recipe without what only names a run (seed, output folder)."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.SEED, cfg.OUTPUT_DIR = 0, ""
+        return cfg
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def label(self, name: str) -> str:
+        base = {"byol": "BYOL", "simsiam": "SimSiam"}[self.method]
+        return base + LABELS.get(name, f"+{name}")
+
+    def pretrain(self, name: str, overrides: tuple[str, ...], seed: int, tag: str | None = None) -> Path:
+        run = self.plan.out / "pretrain" / f"{tag or self.method + ('' if name == 'base' else '-' + name)}-s{seed}"
+        if not self.steps.start(f"pretrain {tag or self.label(name)}, seed {seed} -> {run}", run):
+            self.steps.run(["tools/pretrain.py", "--config", self.plan.config, *self.plan.opts, *overrides,
+                            "SEED", str(seed), "OUTPUT_DIR", str(run)])
+        return run
+
+    def evaluate(self, source: list[str], name: str, what: str, seed: int = 0) -> Path:
+        """kNN of a backbone (and the cached linear probe when the plan has it); returns the kNN folder."""
+        p = self.plan
+        knn = p.out / "eval" / f"{name}-knn-k{p.k}"
+        if not self.steps.start(f"kNN of {what} -> {knn}", knn):
+            self.steps.run(["tools/eval_classification.py", *source, *self.dataset_args, "--protocol", "knn",
+                            "--k", str(p.k), "--temperature", f"{p.temperature:g}", "--seed", str(seed),
+                            "--out", str(knn), "--workers", "0"])
+        if p.linear_epochs:
+            linear = p.out / "eval" / f"{name}-linear-cached-e{p.linear_epochs}"
+            if not self.steps.start(f"linear probe of {what} -> {linear}", linear):
+                self.steps.run(["tools/eval_classification.py", *source, *self.dataset_args, "--protocol",
+                                "linear-cached", "--epochs", str(p.linear_epochs), "--seed", str(seed),
+                                "--out", str(linear), "--workers", "0", "--cache-dir", str(knn / "feature_cache")])
+        return knn
+
+    def run(self) -> dict:
+        """Every step, then the report; returns the manifest (also written to OUT/manifest.json)."""
+        p = self.plan
+        self.check_out_folder()
+        recipe = p.out / "recipe.yaml"  # the merged recipe (file + overrides): the baselines are built from it
+        atomic_write_text(recipe, self.cfg.dump())
+        rows: dict[str, dict] = {}
+
+        def add(key: str, label: str, kind: str, seed: int | None, pretrain: Path | None, knn: Path) -> None:
+            row = rows.setdefault(key, {"label": label, "kind": kind, "runs": {}})
+            row["runs"][str(seed) if seed is not None else "-"] = {
+                "pretrain": str(pretrain / "record.json") if pretrain else None, "knn": str(knn / "record.json")}
+
+        for seed in p.seeds:
+            for name, overrides in p.variants:
+                run = self.runs[name, seed] = self.pretrain(name, overrides, seed)
+                knn = self.evaluate([str(run / "checkpoints" / "last.pth")], run.name,
+                                    f"{self.label(name)}, seed {seed}", seed)
+                add(name, self.label(name), "variant", seed, run, knn)
+            knn = self.evaluate(["none", "--random-init", "--config", str(recipe)], f"random-init-s{seed}",
+                                f"a random backbone, seed {seed}", seed)
+            add("random-init", "random init", "random-init", seed, None, knn)
+            if p.supervised:
+                base_run = p.out / "pretrain" / f"{self.method}-s{seed}"
+                budget = read_json(base_run / "record.json").get("train_time_s")
+                if not budget:
+                    raise UserError(f"{base_run}/record.json has no train_time_s to give the supervised run its budget; "
+                                    f"delete {base_run} and run the {p.name} again")
+                overrides = ("METHOD", "supervised", "TRAIN.TIME_BUDGET_S", f"{budget:.3f}",
+                             "TRAIN.EPOCHS", str(4 * self.cfg.TRAIN.EPOCHS))
+                run = self.pretrain("supervised", overrides, seed, tag="supervised")
+                knn = self.evaluate([str(run / "checkpoints" / "last.pth")], run.name,
+                                    f"the supervised backbone, seed {seed}", seed)
+                add("supervised", "supervised (same training time)", "supervised", seed, run, knn)
+        if p.raw_pixels:
+            knn = self.evaluate(["none", "--raw-pixels", "--config", str(recipe)], "raw-pixels", "the raw pixels")
+            add("raw-pixels", "raw pixels", "raw-pixels", None, None, knn)
+
+        manifest = {
+            "title": f"{dataset_title(self.cfg)} · {backbone_title(self.cfg.MODEL.BACKBONE)} · "
+                     f"{Path(p.config).stem}",
+            "config": Path(p.config).name, "method": self.method, "seeds": list(p.seeds),
+            "epochs": self.cfg.TRAIN.EPOCHS, "batch_size": self.cfg.DATA.BATCH_SIZE, "opts": list(p.opts),
+            "k": p.k, "temperature": p.temperature, "test": p.test, "base": "base",
+            "command": p.command, "code_version": code_version(), "calibration_images_per_s": p.calibration,
+            "rows": rows,
+        }
+        atomic_write_text(p.out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        self.steps.banner(f"report -> {p.results}")
+        text = write_report(manifest, p.results)
+        print("\n" + text)
+        return manifest
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Do RIM and IFM help? Base, +RIM, +IFM and +RIM+IFM of a recipe over seeds, beside a random "
+                    "backbone, the raw pixels and a supervised ceiling, with a paired test across seeds.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="pretraining recipe (file or name in pretrain/configs/)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which of the four variants (default all; base is always run)")
+    p.add_argument("--extra", nargs="+", action="append", default=[], metavar="NAME KEY VALUE",
+                   help="one more variant row: a name, then its overrides, e.g. --extra rim-r50 RIM.ENABLED true "
+                        "RIM.RATIO 0.5 (repeatable)")
+    p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
+    p.add_argument("--temperature", type=float, default=0.1, help="kNN temperature (default 0.1)")
+    p.add_argument("--test", choices=TESTS, default="paired-t",
+                   help="paired-t: Δ against base with a paired t-test across seeds (needs >= 2 seeds); none")
+    p.add_argument("--no-supervised", dest="supervised", action="store_false",
+                   help="skip the supervised ceiling (one labelled run per seed)")
+    p.add_argument("--no-calibration", dest="calibration", action="store_false",
+                   help="do not measure the machine's calibration figure (about 10-40 s) for the report")
+    p.add_argument("--out", default=None, help="runs folder (default outputs/study/<config>)")
+    p.add_argument("--results", default=None, help="report folder (default results/study/<config>)")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="overrides for every pretraining run, e.g. DATA.ROOT DIR")
+    return p
+
+
+EXAMPLES = """examples:
+  python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT /usr/share/datasets/fashion-mnist
+  python tools/study.py --config fmnist_cpu_simsiam.yaml --seeds 0 1 2 --extra rim-r50 RIM.ENABLED true RIM.RATIO 0.5
+"""
+
+
+def plan_from_args(a: argparse.Namespace, command: str) -> Plan:
+    if len(a.opts) % 2:
+        raise UserError(f"overrides must be KEY VALUE pairs; {a.opts[-1]!r} has no value")
+    variants = [(n, VARIANTS[n]) for n in dict.fromkeys(["base", *a.variants])]
+    for extra in a.extra:
+        name, pairs = extra[0], tuple(extra[1:])
+        if not pairs or len(pairs) % 2:
+            raise UserError(f"--extra {' '.join(extra)}: give a name, then KEY VALUE pairs")
+        if name in VARIANTS or not name.replace("-", "").isalnum():
+            raise UserError(f"--extra name {name!r}: use letters, digits and '-', not one of {', '.join(VARIANTS)}")
+        variants.append((name, pairs))
+    stem = Path(a.config).stem
+    return Plan(config=a.config, seeds=list(dict.fromkeys(a.seeds)), out=Path(a.out or f"outputs/study/{stem}"),
+                results=Path(a.results or f"results/study/{stem}"), variants=variants, opts=tuple(a.opts),
+                k=a.k, temperature=a.temperature, test=a.test, supervised=a.supervised, command=command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shlex
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    plan = plan_from_args(a, "python tools/study.py " + " ".join(shlex.quote(x) for x in argv))
+    study = Study(plan)  # every check before the calibration and the first step
+    if a.calibration:
+        from pretrain.training.throughput import calibration_figure
+
+        print("measuring this machine's calibration figure (base BYOL ResNet-18, 32 px, batch 64)...", flush=True)
+        plan.calibration = round(calibration_figure(), 1)
+        print(f"calibration: {plan.calibration} images/s")
+    study.run()
+    print(f"\n{plan.name} finished in {study.steps.elapsed()}; report: {plan.results}/ (runs: {plan.out}/)")
+    return 0
+
+
+def cli() -> None:
+    """Console entry point."""
+    run_cli(main)
+
+
+__all__ = ["LABELS", "Plan", "Study", "VARIANTS", "main"]

@@ -1,0 +1,120 @@
+"""The study's statistics and report on known input: the paired t-test, Δs and verdicts, one-seed SEs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from reporting.paired import paired_test, regularized_incomplete_beta, t_two_sided_p
+from reporting.study import build_report, write_report
+from rimifm.errors import UserError
+
+
+@pytest.mark.parametrize("t, df, p", [(12.706204736174698, 1, 0.05), (4.302652729911275, 2, 0.05),
+                                      (2.2281388519649385, 10, 0.05), (1.0, 30, 0.3253086), (0.0, 4, 1.0),
+                                      (9.924843200918281, 2, 0.01)])
+def test_student_t_two_sided_p_values(t, df, p):
+    assert t_two_sided_p(t, df) == pytest.approx(p, abs=1e-6)
+    assert t_two_sided_p(-t, df) == pytest.approx(p, abs=1e-6)
+
+
+def test_incomplete_beta_identities():
+    assert regularized_incomplete_beta(1.0, 1.0, 0.3) == pytest.approx(0.3)  # uniform
+    assert regularized_incomplete_beta(2.0, 3.0, 0.4) + regularized_incomplete_beta(3.0, 2.0, 0.6) == \
+        pytest.approx(1.0)
+
+
+def test_paired_test_on_known_numbers():
+    # differences 1.1, 0.4, 0.8: mean 0.7667, sd 0.3512, t = 3.781 with 2 df, p = 0.0634
+    t = paired_test({0: 80.1, 1: 79.5, 2: 81.0, 7: 50.0}, {0: 79.0, 1: 79.1, 2: 80.2})
+    assert t.n == 3 and t.mean == pytest.approx(0.76667, abs=1e-4) and t.sd == pytest.approx(0.35119, abs=1e-4)
+    assert t.t == pytest.approx(3.7812, abs=1e-3) and t.p == pytest.approx(0.06337, abs=1e-4)
+    assert t.verdict == "within noise"
+    # the same mean difference with less spread is significant
+    assert paired_test({0: 1.7, 1: 1.8, 2: 1.75}, {0: 1.0, 1: 1.0, 2: 1.0}).verdict == "significant"
+    same = paired_test({0: 2.0, 1: 3.0}, {0: 2.0, 1: 3.0})
+    assert same.mean == 0 and same.p == 1.0
+    with pytest.raises(UserError, match="at least 2 seeds that both runs have"):
+        paired_test({0: 1.0, 1: 2.0}, {1: 1.0, 2: 2.0})
+
+
+def _records(root: Path, name: str, values: dict[int, float], time_s: float | None = None, curve: bool = True) -> dict:
+    """Fake kNN (and pretraining) records of one row; returns its manifest runs."""
+    runs = {}
+    for seed, top1 in values.items():
+        folder = root / f"{name}-s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "knn.json").write_text(json.dumps({"kind": "knn", "metrics": {"top1": top1}, "num_val": 10000}))
+        pre = None
+        if time_s is not None:
+            pre = folder / "pre.json"
+            knn_curve = [{"step": 0, "top1": 70.0}, {"step": 100, "top1": top1 - 1}] if curve else None
+            pre.write_text(json.dumps({"kind": "pretrain", "train_time_s": time_s + seed, "knn_curve": knn_curve,
+                                       "metrics": {"knn_top1_pixels": 81.0}}))
+        runs[str(seed)] = {"knn": str(folder / "knn.json"), "pretrain": str(pre) if pre else None}
+    return runs
+
+
+def _manifest(root: Path, seeds: list[int], rows: dict[str, tuple[str, str, dict, float | None]],
+              test: str = "paired-t") -> dict:
+    return {"title": "Fashion-MNIST · ResNet-tiny · fmnist_cpu_byol", "seeds": seeds, "k": 20, "temperature": 0.1,
+            "epochs": 3, "batch_size": 256, "test": test, "base": "base", "command": "python tools/study.py ...",
+            "code_version": "0.1.0+abc", "calibration_images_per_s": 150.0, "opts": [],
+            "rows": {key: {"label": label, "kind": kind, "runs": _records(root, key, values, time_s)}
+                     for key, (label, kind, values, time_s) in rows.items()}}
+
+
+def test_report_gives_each_variant_its_paired_test_and_the_anchors(tmp_path):
+    rows = {
+        "base": ("BYOL", "variant", {0: 80.0, 1: 81.0, 2: 79.0}, 100.0),
+        "rim": ("BYOL+RIM", "variant", {0: 80.3, 1: 80.8, 2: 79.4}, 101.0),  # diffs .3 -.2 .4: within noise
+        "ifm": ("BYOL+IFM", "variant", {0: 82.0, 1: 83.1, 2: 81.1}, 102.0),  # diffs 2.0 2.1 2.1: significant
+        "random-init": ("random init", "random-init", {0: 77.0, 1: 77.5, 2: 76.5}, None),
+        "supervised": ("supervised (same training time)", "supervised", {0: 90.0, 1: 90.5, 2: 89.5}, 100.0),
+        "raw-pixels": ("raw pixels", "raw-pixels", {0: 85.47}, None),
+    }
+    manifest = _manifest(tmp_path, [0, 1, 2], rows)
+    text, table, per_seed, _ = build_report(manifest)
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "80.00 ± 1.00 (n=3)" in lines["BYOL"]
+    rim = next(r for r in table if r[0] == "BYOL+RIM")
+    assert float(rim[7]) == pytest.approx(0.16667, abs=1e-4) and rim[11] == "within noise"
+    ifm = next(r for r in table if r[0] == "BYOL+IFM")
+    assert float(ifm[7]) == pytest.approx(2.0667, abs=1e-4) and ifm[11] == "significant" and float(ifm[10]) < 0.05
+    assert "+3.00 ± 0.50" in lines["BYOL"]  # the paired gain over each seed's random init (3, 3.5, 2.5)
+    assert "85.47 ± 0.35 (SE)" in lines["raw pixels"]  # one number: its binomial SE on 10000 images
+    assert "BYOL+IFM vs BYOL: +2.07 points, p = 2.6e-04: significant." in text
+    assert "BYOL minus each anchor, in points: random init +3.00, raw pixels -5.47, supervised ceiling -10.00." \
+        in text
+    assert "calibration figure 150 images/s" in text and "python tools/study.py" in text
+    assert len(per_seed) == 1 + 3 * 5 + 1
+    write_report(manifest, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"study.md", "study.csv", "per_seed.csv", "curves.png"}
+    first = (tmp_path / "out" / "curves.png").read_bytes()
+    write_report(manifest, tmp_path / "out")  # the same records give the same bytes
+    assert (tmp_path / "out" / "curves.png").read_bytes() == first
+
+
+def test_one_seed_report_uses_the_standard_errors(tmp_path):
+    rows = {"base": ("BYOL", "variant", {0: 80.0}, 50.0), "rim": ("BYOL+RIM", "variant", {0: 80.5}, 50.0),
+            "random-init": ("random init", "random-init", {0: 77.0}, None)}
+    text, table, _, _ = build_report(_manifest(tmp_path, [0], rows, test="none"))
+    se = math.sqrt(0.8 * 0.2 / 10000) * 100
+    rim = next(r for r in table if r[0] == "BYOL+RIM")
+    assert float(rim[8]) == pytest.approx(math.hypot(se, math.sqrt(0.805 * 0.195 / 10000) * 100), abs=1e-3)
+    assert rim[11] == "within noise"  # 0.5 < 2 x 0.57
+    base = next(r for r in table if r[0] == "BYOL")
+    assert base[6] == "SE" and float(base[12]) == pytest.approx(3.0)  # its gain over random init
+    assert "1 seed: within noise" in text
+
+
+def test_a_study_of_one_seed_cannot_be_asked_for_a_paired_test(tmp_path):
+    from demo.study import Study, build_parser, plan_from_args
+
+    a = build_parser().parse_args(["--config", "fmnist_cpu_byol.yaml", "--seeds", "0", "--out", str(tmp_path)])
+    with pytest.raises(UserError, match=r"a paired test across seeds needs at least 2 seeds \(got 1: 0\)"):
+        Study(plan_from_args(a, ""))
+    assert not any(tmp_path.iterdir())  # nothing was run
