@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.steps import Steps, read_json
 from pretrain.config import config_hash, load_config, resolve_config_path
 from reporting.study import backbone_title, dataset_title, write_report
+from rimifm.cli import ArgumentParser
 from rimifm.errors import UserError, run_cli
 from rimifm.io import atomic_write_text
 from rimifm.records import code_version
@@ -208,8 +210,31 @@ class Study:
 
 
 
+#: a pretraining config key (MODEL.BACKBONE, DATA.ROOT, ...): with its value, an override wherever it stands
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(options, KEY VALUE overrides): the overrides may stand anywhere, after --seeds 0 1 2 too (but those
+    after --extra NAME, up to the next option, are that variant's own)."""
+    options, overrides = [], []
+    in_extra = False
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--"):
+            in_extra = arg == "--extra"
+        if _KEY.match(arg) and not in_extra:
+            value = next(it, None)
+            if value is None:
+                raise UserError(f"override {arg} has no value; overrides are KEY VALUE pairs")
+            overrides += [arg, value]
+        else:
+            options.append(arg)
+    return options, overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Do RIM and IFM help? Base, +RIM, +IFM and +RIM+IFM of a recipe over seeds, beside a random "
                     "backbone, the raw pixels and a supervised ceiling, with a paired test across seeds.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not measure the machine's calibration figure (about 10-40 s) for the report")
     p.add_argument("--out", default=None, help="runs folder (default outputs/study/<config>)")
     p.add_argument("--results", default=None, help="report folder (default results/study/<config>)")
-    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="overrides for every pretraining run, e.g. DATA.ROOT DIR")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                   help="overrides for every pretraining run, anywhere on the line, e.g. DATA.ROOT DIR")
     return p
 
 
@@ -261,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     import shlex
     import sys
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = build_parser().parse_args(argv)
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
+    options, overrides = split_overrides(argv)
+    a = build_parser().parse_args(options)
+    a.opts = [*a.opts, *overrides]
     plan = plan_from_args(a, "python tools/study.py " + " ".join(shlex.quote(x) for x in argv))
     study = Study(plan)  # every check before the calibration and the first step
     if a.calibration:

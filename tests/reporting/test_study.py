@@ -118,3 +118,19 @@ def test_a_study_of_one_seed_cannot_be_asked_for_a_paired_test(tmp_path):
     with pytest.raises(UserError, match=r"a paired test across seeds needs at least 2 seeds \(got 1: 0\)"):
         Study(plan_from_args(a, ""))
     assert not any(tmp_path.iterdir())  # nothing was run
+
+
+def test_overrides_may_follow_the_seeds_and_extra_variants_keep_their_own():
+    from demo.study import build_parser, plan_from_args, split_overrides
+
+    argv = ["--config", "fmnist_cpu_byol.yaml", "--seeds", "0", "1", "DATA.ROOT", "/data", "--extra", "r50",
+            "RIM.ENABLED", "true", "RIM.RATIO", "0.5", "--k", "5", "TRAIN.PROGRESS", "false"]
+    options, overrides = split_overrides(argv)
+    assert overrides == ["DATA.ROOT", "/data", "TRAIN.PROGRESS", "false"]
+    a = build_parser().parse_args(options)
+    a.opts = overrides
+    plan = plan_from_args(a, "")
+    assert plan.seeds == [0, 1] and plan.k == 5 and plan.opts == ("DATA.ROOT", "/data", "TRAIN.PROGRESS", "false")
+    assert plan.variants[-1] == ("r50", ("RIM.ENABLED", "true", "RIM.RATIO", "0.5"))
+    with pytest.raises(UserError, match="override DATA.ROOT has no value"):
+        split_overrides(["--config", "x.yaml", "DATA.ROOT"])
