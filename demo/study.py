@@ -106,18 +106,24 @@ class Study:
         return len(self.plan.seeds) * per_seed + (n if self.plan.raw_pixels else 0) + 1  # + the report
 
     def check_out_folder(self) -> None:
-        """The runs folder remembers the recipe it was made with; another recipe needs another --out."""
+        """The runs folder remembers the recipe it was made with and what each variant name overrides: another
+        recipe, or a name that now means other overrides, needs another --out (new variants are added)."""
         stamp = self.plan.out / "study.json"
         want = {"config": str(resolve_config_path(self.plan.config).resolve()),
                 "config_hash": config_hash(self._recipe_cfg())}
-        if stamp.is_file():
-            have = read_json(stamp)
-            if {k: have.get(k) for k in want} != want:
-                raise UserError(f"{self.plan.out} holds {self.plan.name} runs of another recipe or other overrides "
-                                f"({stamp}); pass another --out, or delete that folder to start again")
-        else:
+        variants = {name: list(overrides) for name, overrides in self.plan.variants}
+        have = read_json(stamp) if stamp.is_file() else {**want, "variants": {}}
+        if {k: have.get(k) for k in want} != want:
+            raise UserError(f"{self.plan.out} holds {self.plan.name} runs of another recipe or other overrides "
+                            f"({stamp}); pass another --out, or delete that folder to start again")
+        known = have.get("variants") or {}
+        changed = [n for n, o in variants.items() if n in known and known[n] != o]
+        if changed:
+            raise UserError(f"{self.plan.out} holds runs of variant(s) {', '.join(changed)} made with other overrides "
+                            f"({stamp}); give the variant another name, or pass another --out")
+        if not stamp.is_file() or set(variants) - set(known):
             self.plan.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(stamp, json.dumps(want, indent=1) + "\n")
+            atomic_write_text(stamp, json.dumps({**want, "variants": {**known, **variants}}, indent=1) + "\n")
 
     def _recipe_cfg(self):
         """The merged recipe without what only names a run (seed, output folder)."""

@@ -134,3 +134,23 @@ def test_overrides_may_follow_the_seeds_and_extra_variants_keep_their_own():
     assert plan.variants[-1] == ("r50", ("RIM.ENABLED", "true", "RIM.RATIO", "0.5"))
     with pytest.raises(UserError, match="override DATA.ROOT has no value"):
         split_overrides(["--config", "x.yaml", "DATA.ROOT"])
+
+
+def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overrides(tmp_path):
+    from demo.study import VARIANTS, Plan, Study
+
+    def study(config="fmnist_cpu_byol.yaml", extra=(), opts=()):
+        return Study(Plan(config=config, seeds=[0], out=tmp_path, results=tmp_path / "r",
+                          variants=[*VARIANTS.items(), *extra], opts=opts, test="none"))
+
+    study(extra=[("r50", ("RIM.ENABLED", "true", "RIM.RATIO", "0.5"))]).check_out_folder()
+    study().check_out_folder()  # fewer variants: fine
+    study(extra=[("r70", ("RIM.ENABLED", "true", "RIM.RATIO", "0.7"))]).check_out_folder()  # a new one is added
+    stamp = json.loads((tmp_path / "study.json").read_text())
+    assert set(stamp["variants"]) == {*VARIANTS, "r50", "r70"}
+    with pytest.raises(UserError, match=r"holds runs of variant\(s\) r50 made with other overrides"):
+        study(extra=[("r50", ("RIM.ENABLED", "true", "RIM.RATIO", "0.6"))]).check_out_folder()
+    with pytest.raises(UserError, match="holds study runs of another recipe or other overrides"):
+        study(opts=("OPTIM.BASE_LR", "0.01")).check_out_folder()
+    with pytest.raises(UserError, match="holds study runs of another recipe"):
+        study(config="fmnist_cpu_simsiam.yaml").check_out_folder()
