@@ -4,8 +4,9 @@
       evaluate each beside a random backbone (and the raw pixels):
         on Fashion-MNIST when its files are here (the CPU recipe fmnist_cpu_byol.yaml, kNN), where a CPU
         run of minutes learns; else on the synthetic set (synthetic_byol.yaml, kNN and a linear probe)
-    detection: convert base and +RIM+IFM backbones of the synthetic set to detectron2 .pkl -> fine-tune
-      Faster R-CNN from them and from random init
+    detection: convert the base and +RIM+IFM backbones to detectron2 .pkl -> fine-tune Faster R-CNN from them
+      and from random init: on Fashion-MNIST scenes (made from the same IDX files) after a Fashion-MNIST study,
+      else on the synthetic set's detection split
     -> tables and plots
 
 Every step is the command a user would type, run by that command's own main() in this process (see
@@ -21,16 +22,15 @@ overrides), so a demo with other settings never reuses a wrong run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from demo.steps import Steps
-from demo.study import VARIANTS, Plan, Study
-from pretrain.data.idx import IDX_FILES
+from demo.study import VARIANTS, Plan, Study, opts_tag
 from rimifm.errors import UserError, run_cli
+from rimifm.idx import FMNIST_PLACES, find_fmnist
 from rimifm.io import atomic_write_text
 from synthetic.generator import generate, is_complete, read_meta
 
@@ -48,11 +48,14 @@ QUICK_SIZES = dict(pretrain_images=48, cls_train_per_class=4, cls_val_per_class=
 #: pretraining overrides of --quick: small batches and heads
 QUICK_PRETRAIN_OPTS = ("DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.KNN_K", "4", "MODEL.PROJ_HIDDEN_DIM", "64",
                        "MODEL.PRED_HIDDEN_DIM", "64", "MODEL.PROJ_OUTPUT_DIM", "32")
-#: where the demo looks for Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist, or a local copy)
-FMNIST_PLACES = ("datasets/fashion-mnist", "/usr/share/datasets/fashion-mnist")
 #: the demo's size of the Fashion-MNIST study: every variant pretrains on the first FMNIST_DEMO_IMAGES training
 #: images for one epoch (the study itself runs the whole recipe), and the bank of the kNN is all 60k
 FMNIST_DEMO_IMAGES = 20480
+#: the demo's Fashion-MNIST scenes (tools/make_fmnist_scenes.py options) and fine-tuning iterations on them
+DEMO_SCENES = dict(trainval=1000, test=300)
+FMNIST_DEMO_DET_ITERS = 300
+#: tiny scenes of --quick
+QUICK_SCENES = dict(trainval=6, test=4, canvas=64, item_min=16, item_max=32)
 
 #: said at the start and the end of a demo on the synthetic set: what its numbers can and cannot show
 WHAT_IT_SHOWS = (
@@ -68,7 +71,9 @@ WHAT_IT_SHOWS_FMNIST = (
     f"epoch on {FMNIST_DEMO_IMAGES} images per variant so that it fits the demo: each row is kNN top-1 on the "
     "10k test images with its standard error, beside a random backbone and the raw pixels. The full recipe and "
     "its study over seeds: `python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT <folder>`. "
-    "The detection half still fine-tunes on the synthetic set, where a run this short measures the pipeline only.")
+    "The detection half fine-tunes Faster R-CNN (fmnist_scenes.yaml, cut to the demo's iterations) on Fashion-MNIST "
+    "scenes, canvases of training-split items for training and of test-split items for testing, from the BYOL and "
+    "BYOL+RIM+IFM backbones and from random init; each AP50 comes with its bootstrap SE.")
 
 
 @dataclass
@@ -88,49 +93,54 @@ class Settings:
     detection: bool = True
     pretrain_opts: tuple[str, ...] = ()
     fmnist: Path | None = None
-
-
-def find_fmnist(explicit: str | None) -> Path | None:
-    """The Fashion-MNIST folder: --fmnist DIR (must hold the files), else the first of FMNIST_PLACES that does."""
-    names = [n for pair in IDX_FILES.values() for n in pair]
-
-    def complete(folder: Path) -> bool:
-        return all((folder / f"{n}.gz").is_file() or (folder / n).is_file() for n in names)
-
-    if explicit:
-        folder = Path(explicit)
-        if not complete(folder):
-            raise UserError(f"--fmnist {folder}: the folder must hold Fashion-MNIST's four IDX files ({', '.join(names)}, "
-                            "each .gz or not); `apt-get install dataset-fashion-mnist` puts them in "
-                            "/usr/share/datasets/fashion-mnist")
-        return folder
-    return next((Path(p) for p in FMNIST_PLACES if complete(Path(p))), None)
+    scenes: Path | None = None
 
 
 class Demo:
-    """The classification study at the demo's size, then the detection steps and the tables."""
+    """The classification study at the demo's size, then the detection steps and the tables.
+
+    On Fashion-MNIST the study itself runs the detection transfer (its base and +RIM+IFM backbones and the random
+    init, fine-tuned on Fashion-MNIST scenes made from the same files); on the synthetic set the demo fine-tunes
+    the study's backbones on the set's detection split."""
 
     def __init__(self, s: Settings):
         self.s = s
         self.steps = Steps("demo")
         self.study = Study(self._plan(), self.steps)
-        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds) if s.detection else 0  # convert + fine-tune, random
-        if s.detection and s.fmnist is not None:
-            n_det += len(DETECTION_VARIANTS) * len(s.seeds)  # their own synthetic pretraining
-        self.steps.total += 1 + n_det + 1  # data, detection, tables
+        synthetic_det = s.detection and s.fmnist is None
+        n_det = (len(DETECTION_VARIANTS) * 2 + 1) * len(s.seeds) if synthetic_det else 0  # convert + fine-tune, random
+        self.steps.total += (1 if s.fmnist is None else 0) + n_det + 1  # data, detection, tables
+
+    def det_opts(self) -> tuple[str, ...]:
+        """Overrides of every detection fine-tuning: the demo's schedule (and tiny sizes with --quick)."""
+        s = self.s
+        steps = (int(s.det_iters * 2 / 3), int(s.det_iters * 8 / 9))
+        opts = ("SOLVER.MAX_ITER", str(s.det_iters), "SOLVER.STEPS", f"({steps[0]}, {steps[1]})",
+                "SOLVER.WARMUP_ITERS", str(min(50, max(1, s.det_iters // 5))), "SOLVER.CHECKPOINT_PERIOD", str(s.det_iters))
+        if s.fmnist is None:
+            opts += ("RIMIFM.SYNTHETIC_ROOT", str(s.data))
+        if s.quick:  # two 64 px images a batch: the same code paths at a fraction of the compute
+            opts += ("TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+                     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "107", "INPUT.MIN_SIZE_TEST", "64",
+                     "INPUT.MAX_SIZE_TEST", "107")
+        return opts
 
     def _plan(self) -> Plan:
         s = self.s
-        tag = f"e{s.epochs}{_opts_tag(s.pretrain_opts)}"
+        tag = f"e{s.epochs}{opts_tag(s.pretrain_opts)}"
         quick = QUICK_PRETRAIN_OPTS if s.quick else ()
         common = ["TRAIN.EPOCHS", str(s.epochs), "TRAIN.KNN_PERIOD", str(s.epochs)]
         test = "paired-t" if len(s.seeds) >= 2 else "none"
         if s.fmnist is not None:
             limit = "96" if s.quick else str(FMNIST_DEMO_IMAGES)
+            scenes = QUICK_SCENES if s.quick else DEMO_SCENES
             return Plan(config="fmnist_cpu_byol.yaml", seeds=s.seeds, out=s.out / "fmnist" / tag,
                         results=s.tables / "fmnist", variants=list(VARIANTS.items()),
                         opts=("DATA.ROOT", str(s.fmnist), "DATA.LIMIT", limit, *common, *quick, *s.pretrain_opts),
-                        k=4 if s.quick else 20, test=test, supervised=False, raw_pixels=True, name="demo")
+                        k=4 if s.quick else 20, test=test, supervised=False, raw_pixels=True, name="demo",
+                        detection=s.det_config if s.detection else "", det_opts=self.det_opts(),
+                        det_variants=list(DETECTION_VARIANTS), det_engine=s.engine, scenes=str(s.scenes),
+                        scenes_opts=tuple(x for k, v in scenes.items() for x in (f"--{k.replace('_', '-')}", str(v))))
         return Plan(config="synthetic_byol.yaml", seeds=s.seeds, out=s.out / "synthetic" / tag,
                     results=s.tables / "synthetic", variants=list(VARIANTS.items()),
                     opts=("DATA.ROOT", str(s.data), *common, *quick, *s.pretrain_opts), k=4 if s.quick else 200,
@@ -145,53 +155,6 @@ class Demo:
             return
         self.steps.banner(f"synthetic benchmark -> {s.data}")
         generate(s.data, seed=0, **(QUICK_SIZES if s.quick else DEMO_SIZES))
-
-    def detection_backbone(self, name: str, seed: int) -> Path:
-        """A synthetic pretraining run of `name` to fine-tune from: the study's when it ran on the synthetic set,
-        else one of its own (the synthetic recipe, same epochs and overrides)."""
-        if self.s.fmnist is None:
-            return self.study.runs[name, seed]
-        s = self.s
-        run = s.out / "synthetic-detection" / f"e{s.epochs}{_opts_tag(s.pretrain_opts)}" / \
-            f"byol{'' if name == 'base' else '-' + name}-s{seed}"
-        if not self.steps.start(f"pretrain {self.study.label(name)} on the synthetic set for detection, seed {seed} "
-                                f"-> {run}", run):
-            self.steps.run(["tools/pretrain.py", "--config", "synthetic_byol.yaml", "DATA.ROOT", str(s.data),
-                            "TRAIN.EPOCHS", str(s.epochs), "TRAIN.KNN_PERIOD", str(s.epochs), *VARIANTS[name],
-                            *(QUICK_PRETRAIN_OPTS if s.quick else ()), *s.pretrain_opts, "SEED", str(seed),
-                            "OUTPUT_DIR", str(run)])
-        return run
-
-    def convert(self, run: Path) -> Path:
-        """The run's backbone as detectron2 weights, kept inside the run folder (the tables link it)."""
-        pkl = run / "backbone_d2.pkl"
-        what = f"convert {run.name} -> {pkl}"
-        if pkl.is_file():
-            self.steps.banner(what, skipped=True)
-            return pkl
-        self.steps.banner(what)
-        self.steps.run(["tools/convert_to_d2.py", str(run / "checkpoints" / "last.pth"), str(pkl)])
-        return pkl
-
-    def detect(self, pkl: Path | None, seed: int) -> None:
-        """Fine-tune and evaluate the detector from converted weights, or from random init (pkl None)."""
-        s = self.s
-        name = pkl.parent.name if pkl is not None else f"random-init-s{seed}"
-        out = s.out / "detection" / f"{name}-{Path(s.det_config).stem}-{s.det_iters}it"
-        if self.steps.start(f"detection fine-tune of {name}, {s.det_iters} iterations -> {out}", out):
-            return
-        steps = (int(s.det_iters * 2 / 3), int(s.det_iters * 8 / 9))
-        args = ["detection/train_net.py", "--config", s.det_config, "--engine", s.engine,
-                "MODEL.WEIGHTS", str(pkl) if pkl is not None else "", "OUTPUT_DIR", str(out),
-                "SOLVER.MAX_ITER", str(s.det_iters), "SOLVER.STEPS", f"({steps[0]}, {steps[1]})",
-                "SOLVER.WARMUP_ITERS", str(min(50, max(1, s.det_iters // 5))),
-                "SOLVER.CHECKPOINT_PERIOD", str(s.det_iters), "SEED", str(seed),
-                "RIMIFM.SYNTHETIC_ROOT", str(s.data)]
-        if s.quick:  # two 64 px images a batch: the same code paths at a quarter of the compute
-            args += ["TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-                     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "107", "INPUT.MIN_SIZE_TEST", "64",
-                     "INPUT.MAX_SIZE_TEST", "107"]
-        self.steps.run(args)
 
     def make_tables(self) -> None:
         self.steps.banner(f"tables and plots -> {self.s.tables}")
@@ -218,13 +181,16 @@ class Demo:
         print(f"note: {note}", flush=True)
         if s.fmnist is not None:
             print(f"Fashion-MNIST: {s.fmnist}", flush=True)
-        self.data()
+        else:
+            self.data()
         _check_out_folder(s)  # now with the dataset's version, seed and sizes
         self.study.run()
-        for seed in s.seeds if s.detection else ():
-            self.detect(None, seed)
+        for seed in s.seeds if s.detection and s.fmnist is None else ():
+            study, opts = self.study, self.det_opts()
+            study.detect(None, seed, f"random-init-s{seed}", s.det_config, opts, s.engine)
             for name in DETECTION_VARIANTS:
-                self.detect(self.convert(self.detection_backbone(name, seed)), seed)
+                run = study.runs[name, seed]
+                study.detect(study.convert(run), seed, run.name, s.det_config, opts, s.engine)
         self.make_tables()
         print(f"\ndemo finished in {self.steps.elapsed()}; the classification study: {self.study.plan.results}/"
               f"study.md; all tables and plots: {s.tables}/ (runs and records: {s.out}/)")
@@ -239,8 +205,8 @@ def _check_out_folder(s: Settings) -> None:
     must not reuse the runs made from the old one. Called before the first step and after the data step.
     """
     stamp = s.out / "demo.json"
-    want: dict = {"data": str(s.data.resolve()), "quick": s.quick}
-    if is_complete(s.data):
+    want: dict = {"data": str((s.fmnist or s.data).resolve()), "quick": s.quick}
+    if s.fmnist is None and is_complete(s.data):
         meta = read_meta(s.data)
         want["dataset"] = {"version": meta["version"], "seed": meta["seed"], "sizes": meta["sizes"]}
     have = None
@@ -264,13 +230,6 @@ def _check_out_folder(s: Settings) -> None:
     atomic_write_text(stamp, json.dumps(want, indent=1) + "\n")
 
 
-def _opts_tag(opts: tuple[str, ...]) -> str:
-    """Folder-name tag of extra pretraining overrides: '' for none, else '-o' and a short hash of them."""
-    if not opts:
-        return ""
-    return "-o" + hashlib.sha256("\0".join(opts).encode()).hexdigest()[:8]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="synthetic set, made when missing (default datasets/synthetic-demo; "
@@ -286,8 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "--quick: results/demo-quick)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="pretraining/fine-tuning seeds (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs per variant (default 1)")
-    p.add_argument("--det-config", default="synthetic_r18_c4.yaml", help="detection config (default synthetic_r18_c4)")
-    p.add_argument("--det-iters", type=int, default=None, help="detection iterations (default 30; quick 4)")
+    p.add_argument("--scenes", default=None,
+                   help="Fashion-MNIST scenes for the detection half, made when missing (default "
+                        "datasets/fmnist-scenes-demo; --quick: datasets/fmnist-scenes-quick)")
+    p.add_argument("--det-config", default=None,
+                   help="detection config (default fmnist_scenes.yaml on Fashion-MNIST, else synthetic_r18_c4.yaml)")
+    p.add_argument("--det-iters", type=int, default=None,
+                   help=f"detection iterations (default {FMNIST_DEMO_DET_ITERS} on Fashion-MNIST, 30 on the synthetic "
+                        "set; quick 4)")
     p.add_argument("--engine", default="auto", choices=("auto", "detectron2", "torchvision"),
                    help="detection engine (auto: detectron2 when it imports)")
     p.add_argument("--linear-epochs", type=int, default=None,
@@ -313,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     def pick(value: int | None, quick_default: int, default: int) -> int:
         return value if value is not None else quick_default if quick else default
 
+    fmnist = find_fmnist(a.fmnist, "--fmnist") if a.use_fmnist else None
     s = Settings(data=Path(a.data or ("datasets/synthetic-quick" if quick else "datasets/synthetic-demo")),
                  out=Path(a.out or ("outputs/demo-quick" if quick else "outputs/demo")),
                  tables=Path(a.tables or ("results/demo-quick" if quick else "results/demo")),
-                 seeds=list(dict.fromkeys(a.seeds)), epochs=pick(a.epochs, 1, 1), det_config=a.det_config,
-                 det_iters=pick(a.det_iters, 4, 30), engine=a.engine,
+                 seeds=list(dict.fromkeys(a.seeds)), epochs=pick(a.epochs, 1, 1),
+                 det_config=a.det_config or ("synthetic_r18_c4.yaml" if fmnist is None else "fmnist_scenes.yaml"),
+                 det_iters=pick(a.det_iters, 4, 30 if fmnist is None else FMNIST_DEMO_DET_ITERS), engine=a.engine,
                  linear_epochs=pick(a.linear_epochs, 5, 100), quick=quick, detection=a.detection,
-                 pretrain_opts=tuple(a.pretrain_opts), fmnist=find_fmnist(a.fmnist) if a.use_fmnist else None)
+                 pretrain_opts=tuple(a.pretrain_opts), fmnist=fmnist,
+                 scenes=Path(a.scenes or ("datasets/fmnist-scenes-quick" if quick else "datasets/fmnist-scenes-demo")))
     demo = Demo(s)  # the plan's checks (config, overrides) before anything is written
     _check_out_folder(s)
     demo.run()

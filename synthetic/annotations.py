@@ -1,27 +1,18 @@
-"""Byte-stable text files of a set: the VOC XML and COCO JSON annotations (and meta.json's JSON)."""
+"""Byte-stable annotation files of a generated detection set: VOC XML and COCO JSON, built as text."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from synthetic.identity import CLASSES, FORMAT, VERSION
 
+def voc_xml(image_id: str, size: int, objects: list[dict[str, Any]], database: str) -> str:
+    """PASCAL VOC annotation XML of a square `size` px JPEG image, in a fixed order.
 
-def _write_text(path: Path, text: str) -> None:
-    """UTF-8 with '\\n' line ends on every platform (byte-identical output)."""
-    path.write_bytes(text.encode("utf-8"))
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, indent=2) + "\n"
-
-
-def _voc_xml(image_id: str, size: int, objects: list[dict[str, Any]]) -> str:
-    """PASCAL VOC annotation XML, built as text in a fixed order."""
+    Each object is a dict with name, truncated, difficult and the 1-based inclusive xmin/ymin/xmax/ymax.
+    """
     lines = ["<annotation>", "\t<folder>VOC2007</folder>", f"\t<filename>{image_id}.jpg</filename>",
-             "\t<source>", f"\t\t<database>{FORMAT}</database>", "\t</source>",
+             "\t<source>", f"\t\t<database>{database}</database>", "\t</source>",
              "\t<size>", f"\t\t<width>{size}</width>", f"\t\t<height>{size}</height>",
              "\t\t<depth>3</depth>", "\t</size>", "\t<segmented>0</segmented>"]
     for o in objects:
@@ -34,7 +25,8 @@ def _voc_xml(image_id: str, size: int, objects: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _coco_dataset(split: str, size: int, records: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+def coco_dataset(split: str, size: int, records: list[tuple[str, list[dict[str, Any]]]],
+                 classes: Sequence[str], database: str, supercategory: str, version: int) -> dict[str, Any]:
     """COCO json for one detection split; bbox = [xmin-1, ymin-1, w, h] of the VOC box."""
     images, annotations = [], []
     for image_id, objects in records:
@@ -42,9 +34,9 @@ def _coco_dataset(split: str, size: int, records: list[tuple[str, list[dict[str,
         for o in objects:
             w, h = o["xmax"] - o["xmin"] + 1, o["ymax"] - o["ymin"] + 1
             annotations.append({"id": len(annotations) + 1, "image_id": int(image_id),
-                                "category_id": CLASSES.index(o["name"]) + 1,
+                                "category_id": list(classes).index(o["name"]) + 1,
                                 "bbox": [float(o["xmin"] - 1), float(o["ymin"] - 1), float(w), float(h)],
                                 "area": float(w * h), "iscrowd": 0, "difficult": o["difficult"]})
-    return {"info": {"description": f"{FORMAT} detection, {split} split", "version": str(VERSION)},
+    return {"info": {"description": f"{database} detection, {split} split", "version": str(version)},
             "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]}
+            "categories": [{"id": i + 1, "name": c, "supercategory": supercategory} for i, c in enumerate(classes)]}

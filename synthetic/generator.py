@@ -21,17 +21,15 @@ synthetic.annotations, and the format's name, version and classes in synthetic.i
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rimifm.errors import UserError
-from synthetic.annotations import _coco_dataset, _json_text, _voc_xml, _write_text
+from synthetic.annotations import coco_dataset, voc_xml
+from synthetic.folders import GeneratedFormat, check_seed, json_text, write_text
 from synthetic.identity import CLASSES, FORMAT, VERSION
 from synthetic.scenes import _render_detection, _render_single
 
@@ -56,9 +54,6 @@ _SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "det_image_size": (32, 2048),
 }
 
-# Top-level entries of a generated set (used to decide whether a folder is safe to replace).
-_LAYOUT_NAMES = frozenset({"meta.json", "pretrain", "classification", "detection"})
-
 # Stable stream codes: an image's random stream is keyed by (tag, seed, split code, index...).
 _SEED_TAG = 0x5EED_51
 _SPLIT_CODES = {"pretrain": 1, "cls_train": 2, "cls_val": 3, "det_trainval": 4, "det_test": 5}
@@ -66,6 +61,13 @@ _SPLIT_CODES = {"pretrain": 1, "cls_train": 2, "cls_val": 3, "det_trainval": 4, 
 _PNG_OPTIONS: dict[str, Any] = {"format": "PNG", "compress_level": 6, "optimize": False}
 _JPEG_OPTIONS: dict[str, Any] = {"format": "JPEG", "quality": 95, "subsampling": 0,
                                  "optimize": False, "progressive": False}
+
+SYNTHETIC = GeneratedFormat(
+    format=FORMAT, version=VERSION, what="synthetic set", command="python tools/make_synthetic.py --out {root}",
+    classes=CLASSES, defaults=DEFAULT_SIZES, limits=_SIZE_LIMITS,
+    folders=("pretrain", "classification/train", "classification/val", "detection/VOC2007",
+             "detection/annotations"),
+    layout=frozenset({"pretrain", "classification", "detection"}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def _pretrain_class(rng: np.random.Generator) -> int:
 
 
 def _write_all(root: Path, seed: int, sizes: dict[str, int]) -> None:
-    """Generate the whole set into `root` (an empty folder); meta.json last."""
+    """Generate the whole set into `root` (an empty folder); generate() adds meta.json last."""
     size, det_size = sizes["image_size"], sizes["det_image_size"]
     pre = root / "pretrain"
     pre.mkdir(parents=True)
@@ -109,47 +111,23 @@ def _write_all(root: Path, seed: int, sizes: dict[str, int]) -> None:
             next_id += 1
             img, objects = _render_detection(_rng(seed, f"det_{split}", i), det_size)
             img.save(voc / "JPEGImages" / f"{image_id}.jpg", **_JPEG_OPTIONS)
-            _write_text(voc / "Annotations" / f"{image_id}.xml", _voc_xml(image_id, det_size, objects))
+            write_text(voc / "Annotations" / f"{image_id}.xml", voc_xml(image_id, det_size, objects, FORMAT))
             records.append((image_id, objects))
-        _write_text(voc / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{r[0]}\n" for r in records))
-        _write_text(root / "detection" / "annotations" / f"instances_{split}.json",
-                    _json_text(_coco_dataset(split, det_size, records)))
-    meta = {"format": FORMAT, "version": VERSION, "seed": seed, "sizes": dict(sizes), "classes": list(CLASSES)}
-    _write_text(root / "meta.json", _json_text(meta))
+        write_text(voc / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{r[0]}\n" for r in records))
+        write_text(root / "detection" / "annotations" / f"instances_{split}.json",
+                    json_text(coco_dataset(split, det_size, records, CLASSES, FORMAT, "shape", VERSION)))
 
 
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
-def _option(key: str) -> str:
-    return f"{key} (--{key.replace('_', '-')})"
-
-
 def _resolve_sizes(sizes: dict[str, Any]) -> dict[str, int]:
     """Defaults overridden by `sizes` (None = default), validated."""
-    unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
-    if unknown:
-        raise UserError(f"unknown size option(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_SIZES)}")
-    merged = dict(DEFAULT_SIZES)
-    merged.update({k: v for k, v in sizes.items() if v is not None})
-    out: dict[str, int] = {}
-    for key, value in merged.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise UserError(f"{_option(key)} must be an integer, got {value!r}")
-        lo, hi = _SIZE_LIMITS[key]
-        if not lo <= value <= hi:
-            raise UserError(f"{_option(key)} must be between {lo} and {hi}, got {value}")
-        out[key] = int(value)
+    out = SYNTHETIC.resolve_sizes(sizes)
     if out["det_trainval"] + out["det_test"] > 999_999:
         raise UserError("det_trainval + det_test must be at most 999999 (six-digit image ids)")
     return out
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise UserError(f"seed (--seed) must be an integer in [0, 2**63), got {seed!r}")
-    return int(seed)
 
 
 def pretrain_classes(seed: int, count: int) -> list[int]:
@@ -158,102 +136,18 @@ def pretrain_classes(seed: int, count: int) -> list[int]:
     Pretraining images are unlabeled on disk; their classes exist only for diagnostics such as the
     supervised reference in benchmarks/synthetic_supervised.py (never for pretraining itself).
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     return [_pretrain_class(_rng(seed, "pretrain", i)) for i in range(count)]
 
 
 def read_meta(out_dir: str | os.PathLike) -> dict[str, Any]:
     """Load and validate `out_dir/meta.json` of a generated set; UserError if missing or not valid."""
-    root = Path(out_dir)
-    path = root / "meta.json"
-    if not path.is_file():
-        raise UserError(f"no synthetic set at {root} (meta.json missing); create it with "
-                        f"`python tools/make_synthetic.py --out {root}`")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc}); regenerate with --force") from exc
-    problems = []
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not the meta.json of a synthetic set (format is not {FORMAT!r})")
-    if meta.get("version") != VERSION:
-        problems.append(f"version {meta.get('version')!r} (expected {VERSION})")
-    seed = meta.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        problems.append("seed missing")
-    sizes = meta.get("sizes")
-    if not isinstance(sizes, dict) or set(sizes) != set(DEFAULT_SIZES) or \
-            not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
-        problems.append("sizes missing or incomplete")
-    if meta.get("classes") != list(CLASSES):
-        problems.append("classes differ from this version's")
-    missing = [d for d in ("pretrain", "classification/train", "classification/val", "detection/VOC2007",
-                           "detection/annotations") if not (root / d).is_dir()]
-    if missing:
-        problems.append(f"missing folder(s) {', '.join(missing)}")
-    if problems:
-        raise UserError(f"synthetic set at {root} is not valid: {'; '.join(problems)}; regenerate it with "
-                        f"`python tools/make_synthetic.py --out {root} --force`")
-    return meta
-
-
-def _stored_version(root: Path) -> Any:
-    """The `version` in root/meta.json when it is a meta.json of ours, else None."""
-    try:
-        meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return meta.get("version") if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    return SYNTHETIC.read_meta(out_dir)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
     """True when `out_dir` holds a finished synthetic set (valid meta.json, written last)."""
-    try:
-        read_meta(out_dir)
-    except UserError:
-        return False
-    return True
-
-
-def _differences(meta: dict[str, Any], seed: int, sizes: dict[str, int]) -> list[str]:
-    diffs = [] if meta["seed"] == seed else [f"seed {meta['seed']} (requested {seed})"]
-    diffs += [f"{k} {meta['sizes'][k]} (requested {v})" for k, v in sizes.items() if meta["sizes"][k] != v]
-    return diffs
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) is not a harmless probe on Windows: assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_stale(out: Path) -> None:
-    """Delete `<out>.partial-<pid>` / `<out>.old-<pid>` folders left by runs that are no longer alive."""
-    candidates: Iterable[Path] = list(out.parent.glob(f"{out.name}.partial-*")) + \
-        list(out.parent.glob(f"{out.name}.old-*"))
-    for path in candidates:
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to delete (even with force) a folder that does not look like a synthetic set."""
-    meta = out / "meta.json"
-    try:
-        ours = json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    extra = sorted(p.name for p in out.iterdir() if p.name not in _LAYOUT_NAMES)
-    if not ours and extra:
-        raise UserError(f"refusing to delete {out}: it does not look like a synthetic set (it contains "
-                        f"{', '.join(extra[:5])}); delete it yourself or choose another --out")
+    return SYNTHETIC.is_complete(out_dir)
 
 
 def generate(out_dir: str | os.PathLike, seed: int = 0, force: bool = False, **sizes: int) -> Path:
@@ -261,53 +155,9 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, force: bool = False, **s
 
     Everything is written to a temporary sibling folder and renamed into place at the end, so an
     interrupted run never leaves a half-written set. An existing complete set with the same seed
-    and sizes is reused untouched; any other existing content needs `force=True` to be replaced.
+    and sizes is reused untouched; any other existing content needs `force=True` to be replaced
+    (synthetic.folders).
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     resolved = _resolve_sizes(sizes)
-    out = Path(out_dir)
-    existing = out.exists() or out.is_symlink()
-    if existing:
-        if not out.is_dir():
-            raise UserError(f"{out} exists and is not a folder; choose another --out")
-        empty = not any(out.iterdir())
-        if not force and not empty:
-            if not is_complete(out):
-                old_version = _stored_version(out)
-                if old_version is not None and old_version != VERSION:
-                    raise UserError(f"{out} holds a version-{old_version} synthetic set and this code makes version "
-                                    f"{VERSION} (other images): pass --force to regenerate it, or choose another --out")
-                raise UserError(f"{out} exists but is not a complete synthetic set (no valid meta.json): "
-                                f"pass --force to replace it, or choose another --out")
-            diffs = _differences(read_meta(out), seed, resolved)
-            if not diffs:
-                return out
-            raise UserError(f"{out} holds a synthetic set made with different settings: {'; '.join(diffs)}; "
-                            f"pass --force to regenerate it, or choose another --out")
-        _check_replaceable(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the parent folder of {out}: {exc}") from exc
-    _remove_stale(out)
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        _write_all(tmp, seed, resolved)
-        if out.exists() or out.is_symlink():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            # Another process may have finished the same set first: keep theirs if it matches.
-            if is_complete(out) and not _differences(read_meta(out), seed, resolved):
-                return out
-            if old.exists() and not out.exists():
-                os.replace(old, out)  # put back what was there
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return SYNTHETIC.generate(out_dir, seed, resolved, lambda root: _write_all(root, seed, resolved), force=force)

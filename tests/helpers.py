@@ -91,9 +91,12 @@ def run_main(main, argv: list, capsys, threads: int | None = None) -> MainResult
 
 
 def make_idx_dataset(root: Path, train: int = 20, test: int = 10, classes: int = 3, size: int = 28, seed: int = 0,
-                     gz: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                     gz: bool = True, arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write the four IDX files of an MNIST-like set (grey uint8 images, uint8 labels) under `root`, gzip
-    compressed or not; returns {"train": (images, labels), "test": (images, labels)} as written."""
+    compressed or not; returns {"train": (images, labels), "test": (images, labels)} as written.
+
+    The images are uniform noise and the labels cycle through `classes`, unless `arrays` gives both splits."""
     import gzip
     import struct
 
@@ -101,8 +104,11 @@ def make_idx_dataset(root: Path, train: int = 20, test: int = 10, classes: int =
     root.mkdir(parents=True, exist_ok=True)
     written = {}
     for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
-        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        labels = (np.arange(n) % classes).astype(np.uint8)
+        if arrays is not None:
+            images, labels = arrays[split]
+        else:
+            images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+            labels = (np.arange(n) % classes).astype(np.uint8)
         for name, magic, array in ((f"{prefix}-images-idx3-ubyte", 0x803, images),
                                    (f"{prefix}-labels-idx1-ubyte", 0x801, labels)):
             data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
