@@ -94,6 +94,8 @@ def add_rimifm_config(cfg: FvCfgNode) -> FvCfgNode:
     # folder holding the synthetic set (its detection/VOC2007); "" = $RIMIFM_SYNTHETIC or
     # $DETECTRON2_DATASETS/synthetic (default datasets/synthetic)
     node.SYNTHETIC_ROOT = ""
+    # folder holding the Fashion-MNIST scenes (tools/make_fmnist_scenes.py); "" = $DETECTRON2_DATASETS/fmnist-scenes
+    node.SCENES_ROOT = ""
     # the backbone's stem (rimifm/resnets.py): imagenet = detectron2's 7x7 + max-pool; small = 3x3 stride 2, no
     # max-pool (resnet_tiny); cifar = 3x3 stride 1. Only the torchvision engine builds stems other than imagenet.
     node.STEM = "imagenet"
@@ -150,6 +152,8 @@ def _dataset_short(names: Sequence[str]) -> str:
             groups.setdefault(m.group(1).upper(), []).append(m.group(2)[2:])
         elif name.startswith("synthetic"):
             groups.setdefault("synthetic", [])
+        elif name.startswith("fmnist_scenes"):
+            groups.setdefault("FMNIST-scenes", [])
         else:
             other.append(name)
     parts = [key + "+".join(dict.fromkeys(years)) for key, years in groups.items()] + other

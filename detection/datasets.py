@@ -11,7 +11,8 @@ size from the XML, and a box `(xmin, ymin, xmax, ymax)` of 1-based inclusive pix
 COCO maps the sorted category ids to 0..K-1 like detectron2's `load_coco_json` and turns
 `[x, y, w, h]` into `(x, y, x + w, y + h)`.
 
-`register_datasets` names the standard splits (under `$DETECTRON2_DATASETS`, default `datasets/`)
+`register_datasets` names the standard splits (under `$DETECTRON2_DATASETS`, default `datasets/`),
+the Fashion-MNIST scenes (`fmnist_scenes_{trainval,test}` under `$DETECTRON2_DATASETS/fmnist-scenes`)
 and the synthetic set in our registry, and in detectron2's catalogs when detectron2 imports. It
 only stores paths: nothing is read until a dataset is loaded.
 """
@@ -48,9 +49,17 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
 }
 SYNTHETIC_SPLITS: dict[str, str] = {"synthetic_trainval": "trainval", "synthetic_test": "test"}
+#: the Fashion-MNIST scenes (synthetic.fmnist_scenes), under <dataset_root>/fmnist-scenes
+FMNIST_SCENES_SPLITS: dict[str, str] = {"fmnist_scenes_trainval": "trainval", "fmnist_scenes_test": "test"}
+FMNIST_SCENES_FOLDER = "fmnist-scenes"
 
 _HINT_VOC = "put PASCAL VOC there (VOCdevkit's VOC2007/VOC2012 folders) or set $DETECTRON2_DATASETS"
 _HINT_COCO = "put COCO 2017 there (coco/{train2017,val2017,annotations}) or set $DETECTRON2_DATASETS"
+
+
+def _hint_scenes(root: str) -> str:
+    return (f"create it with `python tools/make_fmnist_scenes.py --out {root}` (it reads Fashion-MNIST's IDX "
+            "files; --root names their folder), or set $DETECTRON2_DATASETS to the folder that holds fmnist-scenes/")
 
 
 def _hint_synthetic(root: str) -> str:
@@ -246,7 +255,8 @@ class DatasetSpec:
         m = self.metadata
         if self.kind == "voc":
             if not Path(m["dirname"]).is_dir():
-                hint = _hint_synthetic(m["root"]) if self.name.startswith("synthetic") else _HINT_VOC
+                hint = (_hint_synthetic(m["root"]) if self.name.startswith("synthetic") else
+                        _hint_scenes(m["root"]) if self.name.startswith("fmnist_scenes") else _HINT_VOC)
                 raise UserError(f"dataset {self.name}: folder {m['dirname']} does not exist; {hint}")
             return
         for key in ("json_file", "image_root"):
@@ -273,8 +283,9 @@ class DatasetSpec:
 REGISTRY: dict[str, DatasetSpec] = {}
 
 
-def _specs(root: str, synth: str) -> list[DatasetSpec]:
+def _specs(root: str, synth: str, scenes: str) -> list[DatasetSpec]:
     from detection.evaluation.voc import VOC_CLASSES
+    from synthetic.fmnist_scenes import CLASSES as SCENE_CLASSES
     from synthetic.generator import CLASSES
 
     specs = []
@@ -290,21 +301,27 @@ def _specs(root: str, synth: str) -> list[DatasetSpec]:
         specs.append(DatasetSpec(name, "voc", {
             "thing_classes": list(CLASSES), "dirname": os.path.join(synth, "detection", "VOC2007"),
             "split": split, "year": 2007, "evaluator_type": "pascal_voc", "root": synth}))
+    for name, split in FMNIST_SCENES_SPLITS.items():
+        specs.append(DatasetSpec(name, "voc", {
+            "thing_classes": list(SCENE_CLASSES), "dirname": os.path.join(scenes, "VOC2007"),
+            "split": split, "year": 2007, "evaluator_type": "pascal_voc", "root": scenes}))
     return specs
 
 
 def register_datasets(root: str | None = None, synthetic: str | None = None,
-                      detectron2: bool | None = None) -> list[str]:
-    """Register the standard VOC/COCO splits and the synthetic set; returns their names.
+                      detectron2: bool | None = None, scenes: str | None = None) -> list[str]:
+    """Register the standard VOC/COCO splits, the synthetic set and the scenes; returns their names.
 
-    root: default `dataset_root()`; synthetic: default `synthetic_root()`. detectron2: also
+    root: default `dataset_root()`; synthetic: default `synthetic_root()`; scenes: the Fashion-MNIST
+    scenes' folder, default `<root>/fmnist-scenes`. detectron2: also
     register in detectron2's DatasetCatalog/MetadataCatalog (None: when detectron2 imports).
     Calling again with the same paths changes nothing; with other paths it re-points the names.
     """
     detectron2_requested = bool(detectron2)
     root = dataset_root() if root is None else os.path.expanduser(root)
     synth = synthetic_root() if synthetic is None else synthetic_root(synthetic)
-    specs = _specs(root, synth)
+    scenes = os.path.expanduser(scenes) if scenes else os.path.join(root, FMNIST_SCENES_FOLDER)
+    specs = _specs(root, synth, scenes)
     for spec in specs:
         REGISTRY[spec.name] = spec
     if detectron2 is None:
@@ -317,6 +334,12 @@ def register_datasets(root: str | None = None, synthetic: str | None = None,
                 raise
 
     return [s.name for s in specs]
+
+
+def register_from_config(cfg: Any, detectron2: bool) -> list[str]:
+    """register_datasets with a config's own folders (RIMIFM.SYNTHETIC_ROOT, RIMIFM.SCENES_ROOT; "" = default)."""
+    return register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, scenes=cfg.RIMIFM.SCENES_ROOT or None,
+                             detectron2=detectron2)
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -66,7 +66,7 @@ def test_every_shipped_yaml_parses_with_fvcore_cfgnode(name: str) -> None:
         assert merged["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False
         assert merged["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0
         assert merged["TEST"]["PRECISE_BN"]["ENABLED"] is True
-        assert "RIMIFM" not in merged or set(merged["RIMIFM"]) <= {"SYNTHETIC_ROOT"}
+        assert "RIMIFM" not in merged or set(merged["RIMIFM"]) <= {"SYNTHETIC_ROOT", "SCENES_ROOT", "STEM"}
 
 
 def test_voc_r50_is_moco_protocol() -> None:

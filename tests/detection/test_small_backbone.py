@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from pretrain.method.models import build_backbone
 from rimifm.errors import UserError
 from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
 from rimifm.resnets import ARCHS, arch_metadata
+from synthetic.fmnist_scenes import render_scene, resolve_sizes
 
 SMALL = ["MODEL.RESNETS.DEPTH", "10", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
          "RIMIFM.STEM", "small"]
@@ -34,15 +36,15 @@ def tiny_pkl(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, state
 
 
-def _cfg(tmp_path: Path, *opts: str):
-    return build_cfg("synthetic_r18_c4.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR",
+def _cfg(tmp_path: Path, *opts: str, config: str = "synthetic_r18_c4.yaml"):
+    return build_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR",
                                                str(tmp_path), "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
                                                "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32", *opts])
 
 
-def test_the_engine_builds_fills_and_trains_the_small_backbone(tmp_path, tiny_pkl):
+def test_the_engine_builds_fills_and_trains_the_small_backbone_of_the_scenes_config(tmp_path, tiny_pkl):
     path, state = tiny_pkl
-    model = build_model(_cfg(tmp_path, *SMALL))
+    model = build_model(_cfg(tmp_path, config="fmnist_scenes.yaml"))
     assert model.backbone.strides == {"res4": 8} and model.backbone.channels == {"res4": 64}
     assert model.rpn is not None and isinstance(model.backbone.body.maxpool, torch.nn.Identity)
     assert load_backbone_pkl(model, str(path)) == len(backbone_targets(model)) == len(state)
@@ -87,3 +89,26 @@ def test_detectron2_is_refused_with_the_reason_and_auto_takes_the_torchvision_en
         select_engine("detectron2", "synthetic_r18_c4.yaml", ["MODEL.WEIGHTS", path, *SMALL])
     name, module = select_engine("auto", "synthetic_r18_c4.yaml", ["MODEL.WEIGHTS", path, *SMALL])
     assert name == "torchvision" and module.__name__.endswith("torchvision.engine")
+    assert select_engine("auto", "fmnist_scenes.yaml", [])[0] == "torchvision"
+
+
+def test_the_scenes_config_has_an_anchor_for_every_object_the_generator_makes(tmp_path):
+    """Every tight box of the default scene sizes has a co-centred anchor at IoU >= 0.5 (items whose ink spans
+    9-28 px of the 28 px frame either way, as Fashion-MNIST's trousers, sandals and coats do)."""
+    cfg = _cfg(tmp_path, config="fmnist_scenes.yaml")
+    shapes = [(s / r ** 0.5, s * r ** 0.5) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
+              for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]]
+    rng = np.random.default_rng(0)
+    images = np.zeros((200, 28, 28), dtype=np.uint8)
+    for image in images:
+        h, w = rng.integers(9, 29, 2)
+        image[:h, :w] = 200
+    sizes = resolve_sizes({})
+    assert cfg.INPUT.MIN_SIZE_TEST == sizes["canvas"]  # the boxes are seen at the generator's scale
+    worst = 1.0
+    for i in range(100):
+        for o in render_scene(np.random.default_rng(i), images, np.zeros(200, dtype=np.int64), sizes)[1]:
+            w, h = o["box"][2] - o["box"][0] + 1, o["box"][3] - o["box"][1] + 1
+            worst = min(worst, max(min(aw, w) * min(ah, h) / (aw * ah + w * h - min(aw, w) * min(ah, h))
+                                   for aw, ah in shapes))
+    assert worst >= 0.5

@@ -31,7 +31,7 @@ from detection.config import (
     merge_config,
     resolve_config_path,
 )
-from detection.datasets import register_datasets
+from detection.datasets import register_from_config
 from detection.engines import common
 from detection.engines.common import detection_record, extract_metrics, report_record
 from detection.engines.detectron2 import modeling as d2_modeling
@@ -77,7 +77,7 @@ def _setup_process(args: argparse.Namespace) -> tuple[CfgNode, int]:
     else:  # draw it ourselves so that the record can name it
         seed = int.from_bytes(os.urandom(4), "big") % 2**31
         seed_all_rng(seed + comm.get_rank())
-    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=True)
+    register_from_config(cfg, detectron2=True)
     d2_modeling.register()
     return cfg, seed
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     path = resolve_config_path(args.config)
     args.config_file = str(path)  # default_setup logs the file under this name
     cfg = build_cfg(path, args.opts)
-    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=True)
+    register_from_config(cfg, detectron2=True)
     check_runnable(cfg, args, path)
     started = time.time()
     launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from detection.config import resolve_config_path
-from detection.datasets import REGISTRY, register_datasets
+from detection.datasets import REGISTRY, register_from_config
 from detection.engines import common
 from detection.engines.common import detection_record, report_record
 from detection.engines.torchvision.config import build_cfg
@@ -64,7 +64,7 @@ def _worker(args: argparse.Namespace) -> None:
     cfg = build_cfg(args.config, args.opts)
     env = Distributed(str(cfg.MODEL.DEVICE), key="MODEL.DEVICE")
     _setup_logging(cfg, env.main)
-    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=False)
+    register_from_config(cfg, detectron2=False)
     seed = cfg.SEED if cfg.SEED >= 0 else None
     if seed is None:
         seed_t = torch.tensor([int.from_bytes(os.urandom(4), "big") % 2**31], device=env.device)  # NCCL: on GPU
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Check the config here (clean errors), then train/evaluate in this process or in one per GPU."""
     path = resolve_config_path(args.config)
     cfg = build_cfg(path, args.opts)
-    register_datasets(synthetic=cfg.RIMIFM.SYNTHETIC_ROOT or None, detectron2=False)
+    register_from_config(cfg, detectron2=False)
     if args.num_gpus * args.num_machines > 1 and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         raise UserError(f"--num-gpus {args.num_gpus} / --num-machines {args.num_machines}: the torchvision engine "
                         f"spawns one process per GPU, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}; for several CPU "
