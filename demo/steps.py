@@ -1,8 +1,8 @@
 """Running a chain of user commands as steps: the orchestration the demo and the study share.
 
 Each step is the command a user would type (tools/pretrain.py, tools/eval_classification.py,
-tools/convert_to_d2.py, detection/train_net.py, tools/make_tables.py): it is printed, then run by that
-command's own main() in this process, so PyTorch starts once for the whole chain (about 5-7 s a step on
+tools/convert_to_d2.py, detection/train_net.py, tools/make_tables.py, tools/make_fmnist_scenes.py): it is
+printed, then run by that command's own main() in this process, so PyTorch starts once for the whole chain (about 5-7 s a step on
 a slow 2-core CPU) and the progress bars, errors and records are the command's. A step whose folder
 holds a record.json (records are written last) is done: running the chain again reuses it, so an
 interrupted chain continues where it stopped. A banner `[name i/N | mm:ss]` says which step runs.
@@ -20,6 +20,7 @@ from pretrain.evaluation import cli as eval_cli
 from pretrain.training import cli as pretrain_cli
 from reporting import cli as tables_cli
 from rimifm.errors import UserError, clean_message
+from synthetic import cli as synthetic_cli
 
 #: the main(argv) behind each user command a chain runs
 COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
@@ -28,6 +29,7 @@ COMMANDS: dict[str, Callable[[list[str]], int | None]] = {
     "tools/convert_to_d2.py": convert.main,
     "detection/train_net.py": train_net.main,
     "tools/make_tables.py": tables_cli.main,
+    "tools/make_fmnist_scenes.py": synthetic_cli.scenes_main,
 }
 
 

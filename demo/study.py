@@ -15,12 +15,15 @@ curves.png to the results folder. The demo runs the same study at a smaller size
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.steps import Steps, read_json
+from detection.config import read_config as read_detection_config
+from detection.datasets import FMNIST_SCENES_FOLDER, dataset_root
 from pretrain.config import config_hash, load_config, resolve_config_path
 from reporting.study import backbone_title, dataset_title, write_report
 from rimifm.cli import ArgumentParser
@@ -59,6 +62,17 @@ class Plan:
     raw_pixels: bool = True
     #: also the fast linear probe on cached features (the demo's second protocol), with this many epochs
     linear_epochs: int = 0
+    #: the detection transfer: a detection config (e.g. fmnist_scenes.yaml) every backbone is fine-tuned with
+    #: ("" = none), and KEY VALUE overrides of every fine-tuning
+    detection: str = ""
+    det_opts: tuple[str, ...] = ()
+    #: the variants fine-tuned for detection (None = all; random init and supervised are always), and the engine
+    det_variants: list[str] | None = None
+    det_engine: str = "auto"
+    #: the Fashion-MNIST scenes made for the detection step when its config trains on them and they are missing:
+    #: their folder ("" = the configs' default) and make_fmnist_scenes options
+    scenes: str = ""
+    scenes_opts: tuple[str, ...] = ()
     command: str = ""
     calibration: float | None = None
     name: str = "study"
@@ -102,8 +116,22 @@ class Study:
 
     def step_count(self) -> int:
         n = self.protocols()
-        per_seed = (1 + n) * len(self.plan.variants) + n + ((1 + n) if self.plan.supervised else 0)
-        return len(self.plan.seeds) * per_seed + (n if self.plan.raw_pixels else 0) + 1  # + the report
+        supervised = 1 if self.plan.supervised else 0
+        per_seed = (1 + n) * (len(self.plan.variants) + supervised) + n
+        if self.plan.detection:  # convert + fine-tune each pretrained backbone, and fine-tune from random init
+            names = [v for v, _ in self.plan.variants]
+            transferred = len(names if self.plan.det_variants is None else set(names) & set(self.plan.det_variants))
+            per_seed += 2 * (transferred + supervised) + 1
+        scenes = 1 if self.plan.detection and self._needs_scenes() else 0
+        return len(self.plan.seeds) * per_seed + (n if self.plan.raw_pixels else 0) + scenes + 1  # + the report
+
+    def _needs_scenes(self) -> bool:
+        """True when the detection config (with its overrides) trains or tests on the Fashion-MNIST scenes."""
+        merged = read_detection_config(self.plan.detection)
+        opts = dict(zip(self.plan.det_opts[0::2], self.plan.det_opts[1::2]))
+        names = [*merged.get("DATASETS", {}).get("TRAIN", ()), *merged.get("DATASETS", {}).get("TEST", ()),
+                 opts.get("DATASETS.TRAIN", ""), opts.get("DATASETS.TEST", "")]
+        return any("fmnist_scenes" in str(name) for name in names)
 
     def check_out_folder(self) -> None:
         """The runs folder remembers the recipe it was made with and what each variant name overrides: another
@@ -161,6 +189,40 @@ class Study:
                                 "--out", str(linear), "--workers", "0", "--cache-dir", str(knn / "feature_cache")])
         return knn
 
+    def convert(self, run: Path) -> Path:
+        """The run's backbone as detectron2 weights, kept inside the run folder (the tables link it)."""
+        pkl = run / "backbone_d2.pkl"
+        what = f"convert {run.name} -> {pkl}"
+        if pkl.is_file():
+            self.steps.banner(what, skipped=True)
+            return pkl
+        self.steps.banner(what)
+        self.steps.run(["tools/convert_to_d2.py", str(run / "checkpoints" / "last.pth"), str(pkl)])
+        return pkl
+
+    def detect(self, pkl: Path | None, seed: int, name: str, config: str, opts: tuple[str, ...] = (),
+               engine: str = "auto") -> Path:
+        """Fine-tune and evaluate the detector from converted weights, or from random init (pkl None).
+
+        The folder is named after the backbone, the config and (a short hash of) the overrides, so that other
+        overrides never reuse a run."""
+        out = self.plan.out / "detection" / f"{name}-{Path(config).stem}{opts_tag(opts)}"
+        if not self.steps.start(f"detection fine-tune of {name} ({Path(config).name}) -> {out}", out):
+            self.steps.run(["detection/train_net.py", "--config", config, "--engine", engine, "MODEL.WEIGHTS",
+                            str(pkl) if pkl is not None else "", "OUTPUT_DIR", str(out), "SEED", str(seed), *opts])
+        return out
+
+    def scenes_folder(self) -> Path:
+        return Path(self.plan.scenes or Path(dataset_root()) / FMNIST_SCENES_FOLDER)
+
+    def make_scenes(self) -> None:
+        """The Fashion-MNIST scenes from the recipe's own IDX files (DATA.ROOT); the generator reuses a set made
+        with the same settings, and refuses one made with others."""
+        folder = self.scenes_folder()
+        self.steps.banner(f"Fashion-MNIST scenes from {self.cfg.DATA.ROOT} -> {folder}")
+        self.steps.run(["tools/make_fmnist_scenes.py", "--root", self.cfg.DATA.ROOT, "--out", str(folder),
+                        *self.plan.scenes_opts])
+
     def run(self) -> dict:
         """Every step, then the report; returns the manifest (also written to OUT/manifest.json)."""
         p = self.plan
@@ -174,15 +236,34 @@ class Study:
             row["runs"][str(seed) if seed is not None else "-"] = {
                 "pretrain": str(pretrain / "record.json") if pretrain else None, "knn": str(knn / "record.json")}
 
+        det_opts = (*p.det_opts, *(("RIMIFM.SCENES_ROOT", str(self.scenes_folder())) if p.scenes else ()))
+
+        def transfer(key: str, seed: int, run: Path | None) -> None:
+            """The detection step of one backbone (run None: the random init), recorded in its row."""
+            if not p.detection:
+                return
+            pkl = self.convert(run) if run is not None else None
+            det = self.detect(pkl, seed, run.name if run is not None else f"random-init-s{seed}", p.detection, det_opts,
+                              p.det_engine)
+            rows[key]["runs"][str(seed)]["detection"] = str(det / "record.json")
+
+        def transferred(name: str) -> bool:
+            return p.det_variants is None or name in p.det_variants
+
+        if p.detection and self._needs_scenes():
+            self.make_scenes()
         for seed in p.seeds:
             for name, overrides in p.variants:
                 run = self.runs[name, seed] = self.pretrain(name, overrides, seed)
                 knn = self.evaluate([str(run / "checkpoints" / "last.pth")], run.name,
                                     f"{self.label(name)}, seed {seed}", seed)
                 add(name, self.label(name), "variant", seed, run, knn)
+                if transferred(name):
+                    transfer(name, seed, run)
             knn = self.evaluate(["none", "--random-init", "--config", str(recipe)], f"random-init-s{seed}",
                                 f"a random backbone, seed {seed}", seed)
             add("random-init", "random init", "random-init", seed, None, knn)
+            transfer("random-init", seed, None)
             if p.supervised:
                 base_run = p.out / "pretrain" / f"{self.method}-s{seed}"
                 budget = read_json(base_run / "record.json").get("train_time_s")
@@ -195,6 +276,7 @@ class Study:
                 knn = self.evaluate([str(run / "checkpoints" / "last.pth")], run.name,
                                     f"the supervised backbone, seed {seed}", seed)
                 add("supervised", "supervised (same training time)", "supervised", seed, run, knn)
+                transfer("supervised", seed, run)
         if p.raw_pixels:
             knn = self.evaluate(["none", "--raw-pixels", "--config", str(recipe)], "raw-pixels", "the raw pixels")
             add("raw-pixels", "raw pixels", "raw-pixels", None, None, knn)
@@ -205,6 +287,7 @@ class Study:
             "config": Path(p.config).name, "method": self.method, "seeds": list(p.seeds),
             "epochs": self.cfg.TRAIN.EPOCHS, "batch_size": self.cfg.DATA.BATCH_SIZE, "opts": list(p.opts),
             "k": p.k, "temperature": p.temperature, "test": p.test, "base": "base",
+            "detection": Path(p.detection).name if p.detection else None, "det_opts": list(det_opts),
             "command": p.command, "code_version": code_version(), "calibration_images_per_s": p.calibration,
             "rows": rows,
         }
@@ -216,19 +299,27 @@ class Study:
 
 
 
+def opts_tag(opts: tuple[str, ...] | list[str]) -> str:
+    """Folder-name tag of overrides: '' for none, else '-o' and a short hash of them."""
+    if not opts:
+        return ""
+    return "-o" + hashlib.sha256("\0".join(map(str, opts)).encode()).hexdigest()[:8]
+
+
 #: a pretraining config key (MODEL.BACKBONE, DATA.ROOT, ...): with its value, an override wherever it stands
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """(options, KEY VALUE overrides): the overrides may stand anywhere, after --seeds 0 1 2 too (but those
-    after --extra NAME, up to the next option, are that variant's own)."""
+    after --extra NAME, up to the next option, are that variant's own, and those after --det-opts the
+    detection's)."""
     options, overrides = [], []
     in_extra = False
     it = iter(argv)
     for arg in it:
         if arg.startswith("--"):
-            in_extra = arg == "--extra"
+            in_extra = arg in ("--extra", "--det-opts")
         if _KEY.match(arg) and not in_extra:
             value = next(it, None)
             if value is None:
@@ -259,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the supervised ceiling (one labelled run per seed)")
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
                    help="do not measure the machine's calibration figure (about 10-40 s) for the report")
+    p.add_argument("--detection", default="", metavar="CONFIG",
+                   help="also fine-tune every backbone (and the random init) with this detection config and report "
+                        "AP, e.g. fmnist_scenes.yaml (the scenes are made from DATA.ROOT when missing)")
+    p.add_argument("--det-opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="overrides of every detection fine-tuning, e.g. SOLVER.MAX_ITER 500")
     p.add_argument("--out", default=None, help="runs folder (default outputs/study/<config>)")
     p.add_argument("--results", default=None, help="report folder (default results/study/<config>)")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
@@ -268,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXAMPLES = """examples:
   python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT /usr/share/datasets/fashion-mnist
+  python tools/study.py --config fmnist_cpu_byol.yaml --detection fmnist_scenes.yaml DATA.ROOT /usr/share/datasets/fashion-mnist
   python tools/study.py --config fmnist_cpu_simsiam.yaml --seeds 0 1 2 --extra rim-r50 RIM.ENABLED true RIM.RATIO 0.5
 """
 
@@ -275,6 +372,10 @@ EXAMPLES = """examples:
 def plan_from_args(a: argparse.Namespace, command: str) -> Plan:
     if len(a.opts) % 2:
         raise UserError(f"overrides must be KEY VALUE pairs; {a.opts[-1]!r} has no value")
+    if len(a.det_opts) % 2:
+        raise UserError(f"--det-opts takes KEY VALUE pairs; {a.det_opts[-1]!r} has no value")
+    if a.det_opts and not a.detection:
+        raise UserError("--det-opts without --detection CONFIG: name the detection config to fine-tune with")
     variants = [(n, VARIANTS[n]) for n in dict.fromkeys(["base", *a.variants])]
     for extra in a.extra:
         name, pairs = extra[0], tuple(extra[1:])
@@ -286,7 +387,8 @@ def plan_from_args(a: argparse.Namespace, command: str) -> Plan:
     stem = Path(a.config).stem
     return Plan(config=a.config, seeds=list(dict.fromkeys(a.seeds)), out=Path(a.out or f"outputs/study/{stem}"),
                 results=Path(a.results or f"results/study/{stem}"), variants=variants, opts=tuple(a.opts),
-                k=a.k, temperature=a.temperature, test=a.test, supervised=a.supervised, command=command)
+                k=a.k, temperature=a.temperature, test=a.test, supervised=a.supervised, command=command,
+                detection=a.detection, det_opts=tuple(a.det_opts))
 
 
 def main(argv: list[str] | None = None) -> int:

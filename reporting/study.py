@@ -30,6 +30,7 @@ from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
 
 DASH = "—"
+DET_METRICS = ("AP50", "AP", "AP75")
 BACKBONE_TITLES = {"resnet_tiny": "ResNet-tiny"}
 
 
@@ -101,23 +102,64 @@ def _pm(value: float, unc: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}" + ("" if unc is None else f" ± {unc:.{digits}f}")
 
 
+class DetRow:
+    """One row's detection transfer: AP50, AP and AP75 per seed, with each run's bootstrap SE."""
+
+    def __init__(self, key: str, spec: dict):
+        self.key, self.label, self.kind = key, spec["label"], spec["kind"]
+        self.values: dict[str, dict[str, float]] = {m: {} for m in DET_METRICS}
+        self.se: dict[str, dict[str, float]] = {m: {} for m in DET_METRICS}
+        self.protocol, self.iterations = "", 0
+        for seed, paths in sorted(spec["runs"].items()):
+            if not paths.get("detection"):
+                continue
+            record = _read(paths["detection"], "detection")
+            metrics, se = record.get("metrics") or {}, record.get("metrics_se") or {}
+            if "AP50" not in metrics:
+                raise UserError(f"{paths['detection']}: no AP50; run the study again to redo that fine-tuning")
+            for m in DET_METRICS:
+                if metrics.get(m) is not None:
+                    self.values[m][seed] = float(metrics[m])
+                if se.get(m) is not None:
+                    self.se[m][seed] = float(se[m])
+            self.protocol, self.iterations = str(record.get("protocol") or ""), int(record.get("iterations") or 0)
+
+    @property
+    def n(self) -> int:
+        return len(self.values["AP50"])
+
+    def stat(self, metric: str) -> tuple[float, float | None, str]:
+        """Mean, its ± and what the ± is ('sd' over seeds, else the bootstrap 'SE' of the one run)."""
+        values = self.values[metric]
+        mean, sd = mean_std(list(values.values()))
+        if len(values) >= 2:
+            return mean, sd, "sd"
+        return mean, next(iter(self.se[metric].values()), None), "SE"
+
+
 def _delta(row: Row, base: Row, test: str) -> dict | None:
-    """Δ of row against base: paired over common seeds (n >= 2), else with the combined SE of one run each."""
-    common = sorted(set(row.top1) & set(base.top1))
+    """Δ of row's kNN top-1 against base's (see _compare)."""
+    return _compare(row.top1, base.top1, test, row.stat()[1], base.stat()[1])
+
+
+def _compare(values: dict[str, float], base: dict[str, float], test: str, unc: float | None,
+             base_unc: float | None) -> dict | None:
+    """Δ of {seed: value} against base's: paired over common seeds (n >= 2), else with the combined SE of one
+    run each (unc, base_unc: each run's SE)."""
+    common = sorted(set(values) & set(base))
     if not common:
         return None
     if len(common) >= 2 and test == "paired-t":
-        t = paired_test({s: row.top1[s] for s in common}, {s: base.top1[s] for s in common})
+        t = paired_test({s: values[s] for s in common}, {s: base[s] for s in common})
         return {"value": t.mean, "unc": t.sd, "unc_kind": "sd", "t": t.t, "p": t.p, "n": t.n,
                 "verdict": t.verdict, "test": f"t = {t.t:.2f}, p = {p_text(t.p)} (n = {t.n})"}
-    diffs = [row.top1[s] - base.top1[s] for s in common]
+    diffs = [values[s] - base[s] for s in common]
     value = math.fsum(diffs) / len(diffs)
     if len(common) >= 2:
         _, sd = mean_std(diffs)
         return {"value": value, "unc": sd, "unc_kind": "sd", "t": None, "p": None, "n": len(common),
                 "verdict": "", "test": "no test (--test none)"}
-    (_, ua, _), (_, ub, _) = row.stat(), base.stat()
-    combined = None if ua is None or ub is None else math.hypot(ua, ub)
+    combined = None if unc is None or base_unc is None else math.hypot(unc, base_unc)
     verdict = "" if combined is None else ("within noise" if abs(value) < 2 * combined else "beyond 2 SE")
     return {"value": value, "unc": combined, "unc_kind": "SE", "t": None, "p": None, "n": 1, "verdict": verdict,
             "test": f"1 seed: {verdict} (|Δ| vs 2 SE)" if verdict else "1 seed"}
@@ -129,8 +171,8 @@ def _delta_text(d: dict | None) -> str:
     return f"{d['value']:+.2f}" + ("" if d["unc"] is None else f" ± {d['unc']:.2f}")
 
 
-def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]], dict[str, Row]]:
-    """(study.md text, study.csv rows, per_seed.csv rows, the rows) of a manifest."""
+def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]], dict[str, Row], list[list[str]]]:
+    """(study.md text, study.csv rows, per_seed.csv rows, the rows, transfer.csv rows) of a manifest."""
     rows = {key: Row(key, spec) for key, spec in manifest["rows"].items()}
     base_key = manifest.get("base", "base")
     if base_key not in rows:
@@ -174,6 +216,8 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
                          "" if not times else f"{mean_std(times)[0]:.1f}"])
     lines += ["", "## What it shows", ""]
     lines += _findings(rows, base, deltas, test)
+    transfer_lines, transfer_table = _transfer(manifest, base_key, test)
+    lines += transfer_lines
     lines += ["", "## How it was made", ""]
     unc_text = ("± is the sample sd over seeds; a Δ's ± is the sd of the per-seed differences, and its test the "
                 f"paired t-test across seeds (significant when p < {ALPHA:g})." if len(seeds) >= 2 else
@@ -184,6 +228,10 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
                  "from); raw pixels: the normalised evaluation view, flattened; supervised: the same backbone trained "
                  "with labels (cross-entropy on the same views) for the training time the base variant took.")
     lines.append("- training time: data and compute of pretraining, online evaluations excluded.")
+    if transfer_table:
+        lines.append("- Detection: with one seed a ± is the run's bootstrap SE over test images and a Δ is beyond "
+                     "noise when larger than twice the combined SE; with more, as above. Overrides of every "
+                     f"fine-tuning: `{' '.join(manifest.get('det_opts') or []) or 'none'}`.")
     if manifest.get("command"):
         lines.append(f"- Command: `{manifest['command']}`")
     lines.append(f"- Code: {manifest.get('code_version') or 'unknown'}")
@@ -198,7 +246,68 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
         for seed in sorted(row.top1):
             per_seed.append([row.label, seed, f"{row.top1[seed]:.4f}", str(row.num_val[seed]),
                              "" if seed not in row.time else f"{row.time[seed]:.1f}"])
-    return "\n".join(lines) + "\n", csv_rows, per_seed, rows
+    return "\n".join(lines) + "\n", csv_rows, per_seed, rows, transfer_table
+
+
+def _verdict(d: dict, base: str) -> str:
+    """A Δ's verdict with its direction: 'significant, lower than BYOL', 'within noise', 'not tested'."""
+    if not d["verdict"]:
+        return "not tested"
+    if d["verdict"] == "within noise":
+        return d["verdict"]
+    return f"{d['verdict']}, {'higher' if d['value'] > 0 else 'lower'} than {base}"
+
+
+def _transfer(manifest: dict, base_key: str, test: str) -> tuple[list[str], list[list[str]]]:
+    """The detection transfer section (Markdown lines) and transfer.csv rows; nothing when no row has one."""
+    rows = {key: DetRow(key, spec) for key, spec in manifest["rows"].items()}
+    rows = {key: row for key, row in rows.items() if row.n}
+    if base_key not in rows:
+        return [], []
+    base, random = rows[base_key], rows.get("random-init")
+    order = sorted(rows.values(), key=lambda r: ({"variant": 0, "supervised": 1, "random-init": 2}.get(r.kind, 3),
+                                                 r.key != base_key))
+    lines = ["", f"## Detection transfer: {manifest.get('detection') or 'detection'}", "",
+             f"Faster R-CNN fine-tuned from each backbone ({base.protocol}, {base.iterations} iterations, the same seed "
+             "for every row of a seed) and evaluated on the test split: AP50, AP (the mean over IoU 0.50-0.95) and AP75, "
+             "in %.", ""]
+    header = ["row", "AP50", "AP", "AP75", f"Δ AP50 vs {base.label}", "test", "Δ AP50 vs random init", "test "]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = [["row", "kind", "n", *[f"{m}_{x}" for m in DET_METRICS for x in ("mean", "unc")], "unc_kind",
+              "delta_ap50_base", "delta_ap50_base_unc", "p_base", "verdict_base", "delta_ap50_random",
+              "delta_ap50_random_unc", "p_random", "verdict_random"]]
+    found = []
+
+    def compare(row: DetRow, other: DetRow | None) -> dict | None:
+        if other is None or row is other:
+            return None
+        return _compare(row.values["AP50"], other.values["AP50"], test, row.stat("AP50")[1], other.stat("AP50")[1])
+
+    for row in order:
+        stats = {m: row.stat(m) for m in DET_METRICS}
+        kind = stats["AP50"][2]
+        vs_base = compare(row, base) if row.kind in ("variant", "supervised") else None
+        vs_random = compare(row, random) if row.kind in ("variant", "supervised") else None
+        n_text = f" (n={row.n})" if row.n > 1 else f" ({kind})" if stats["AP50"][1] is not None else ""
+        lines.append("| " + " | ".join([row.label, *[_pm(*stats[m][:2]) + (n_text if m == "AP50" else "")
+                                                     for m in DET_METRICS],
+                                         _delta_text(vs_base), vs_base["test"] if vs_base else DASH,
+                                         _delta_text(vs_random), vs_random["test"] if vs_random else DASH]) + " |")
+        cells = [row.label, row.kind, str(row.n)]
+        for m in DET_METRICS:
+            cells += [f"{stats[m][0]:.4f}", "" if stats[m][1] is None else f"{stats[m][1]:.4f}"]
+        cells.append(kind)
+        for d in (vs_base, vs_random):
+            cells += ["", "", "", ""] if d is None else [
+                f"{d['value']:.4f}", "" if d["unc"] is None else f"{d['unc']:.4f}",
+                "" if d["p"] is None else f"{d['p']:.4f}", d["verdict"]]
+        table.append(cells)
+        for d, other in ((vs_base, base), (vs_random, random)):
+            if d is not None and other is not None and (row.kind == "variant" or other is random):
+                p = f", p = {p_text(d['p'])}" if d.get("p") is not None else ""
+                found.append(f"- {row.label} vs {other.label}: AP50 {d['value']:+.2f}{p}: {_verdict(d, other.label)}.")
+    lines += ["", "What it shows:", "", *found]
+    return lines, table
 
 
 def _findings(rows: dict[str, Row], base: Row, deltas: dict[str, dict | None], test: str) -> list[str]:
@@ -208,9 +317,8 @@ def _findings(rows: dict[str, Row], base: Row, deltas: dict[str, dict | None], t
         d = deltas.get(row.key)
         if row.kind != "variant" or d is None:
             continue
-        verdict = d["verdict"] or "not tested"
         p = f", p = {p_text(d['p'])}" if d.get("p") is not None else ""
-        out.append(f"- {row.label} vs {base.label}: {d['value']:+.2f} points{p}: {verdict}.")
+        out.append(f"- {row.label} vs {base.label}: {d['value']:+.2f} points{p}: {_verdict(d, base.label)}.")
     b = base.stat()[0]
     anchors = [f"{name} {b - rows[key].stat()[0]:+.2f}" for key, name in
                (("random-init", "random init"), ("raw-pixels", "raw pixels"), ("supervised", "supervised ceiling"))
@@ -261,8 +369,9 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def write_report(manifest: dict, out_dir: Path) -> str:
-    """Write study.md, study.csv, per_seed.csv and curves.png to out_dir; returns the Markdown."""
-    text, table, per_seed, rows = build_report(manifest)
+    """Write study.md, study.csv, per_seed.csv, curves.png (and transfer.csv with a detection step) to out_dir;
+    returns the Markdown."""
+    text, table, per_seed, rows, transfer = build_report(manifest)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if curves_plot(rows, manifest["title"], out_dir / "curves.png"):
@@ -270,6 +379,8 @@ def write_report(manifest: dict, out_dir: Path) -> str:
     atomic_write_text(out_dir / "study.md", text)
     atomic_write_text(out_dir / "study.csv", _csv_text(table))
     atomic_write_text(out_dir / "per_seed.csv", _csv_text(per_seed))
+    if transfer:
+        atomic_write_text(out_dir / "transfer.csv", _csv_text(transfer))
     return text
 
 

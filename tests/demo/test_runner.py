@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from demo import runner
+from demo.study import opts_tag
 from tests.helpers import REPO, make_idx_dataset, run_main
 
 
@@ -17,7 +18,7 @@ def _argv(tmp_path: Path, *extra: str) -> list[str]:
     """The quick demo on the synthetic set, unless `extra` names a Fashion-MNIST folder (--fmnist)."""
     where = [] if "--fmnist" in extra else ["--no-fmnist"]
     return ["--quick", "--engine", "torchvision", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
-            "--tables", str(tmp_path / "tables"), *where, *extra]
+            "--tables", str(tmp_path / "tables"), "--scenes", str(tmp_path / "scenes"), *where, *extra]
 
 
 def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -33,7 +34,7 @@ def _demo_here(tmp_path: Path, capsys, *extra: str):
 
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, capsys):
-    """With Fashion-MNIST files (tiny ones here): its classification study, then detection on the synthetic set."""
+    """With Fashion-MNIST files (tiny ones here): its classification study, then detection on scenes made of them."""
     fmnist = tmp_path / "fmnist"
     make_idx_dataset(fmnist, train=120, test=30, classes=4)
     proc = _demo(tmp_path, "--fmnist", str(fmnist))
@@ -41,9 +42,10 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
     runs = tmp_path / "runs"
     records = {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.rglob("record.json")}
     kinds = sorted(r["kind"] for r in records.values())
-    # 4 pretrainings on Fashion-MNIST and kNN of each, of a random backbone and of the raw pixels; 2 synthetic
-    # pretrainings for detection and 3 detection runs
-    assert kinds.count("pretrain") == 4 + 2 and kinds.count("knn") == 6 and kinds.count("linear") == 0
+    # 4 pretrainings on Fashion-MNIST and kNN of each, of a random backbone and of the raw pixels; 3 detection runs
+    # on the scenes (base, +RIM+IFM, random init), and no synthetic set
+    assert kinds.count("pretrain") == 4 and kinds.count("knn") == 6 and kinds.count("linear") == 0
+    assert not (tmp_path / "data").exists() and (tmp_path / "scenes" / "meta.json").is_file()
     assert kinds.count("detection") == 3
     pre = {k: r for k, r in records.items() if r["kind"] == "pretrain" and r["dataset"]["name"] == "idx"}
     switches = sorted((r["rim"]["enabled"], r["ifm"]["enabled"]) for r in pre.values())
@@ -53,7 +55,8 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
     assert all(r["dataset"] == "idx" and r["num_train"] == 120 and r["num_val"] == 30 for r in knn)
     det = [r for r in records.values() if r["kind"] == "detection"]
     assert sorted(bool(r["source_checkpoint"]) for r in det) == [False, True, True]
-    assert all(r["engine"] == "torchvision" and "AP50" in r["metrics"] for r in det)
+    assert all(r["engine"] == "torchvision" and "AP50" in r["metrics"] and r["metrics_se"] for r in det)
+    assert all(r["dataset"]["test"] == ["fmnist_scenes_test"] for r in det)
 
     tables = tmp_path / "tables"
     study = (tables / "fmnist" / "study.md").read_text()
@@ -61,6 +64,7 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
     for row in ("BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+RIM+IFM", "random init", "raw pixels"):
         assert f"| {row} |" in study, f"{row} row missing from the study table:\n{study}"
     assert "1 seed" in study and "(SE)" in study  # one seed: standard errors, no test
+    assert "## Detection transfer: fmnist_scenes.yaml" in study and "BYOL vs random init: AP50" in study
     for name in ("classification", "detection", "ablation"):
         for ext in ("md", "csv", "tex"):
             assert (tables / f"{name}.{ext}").is_file(), f"{name}.{ext} missing"
@@ -76,8 +80,8 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
     before = {p.name: p.read_bytes() for p in tables.rglob("*.*")}
     again = _demo_here(tmp_path, capsys, "--fmnist", str(fmnist))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count("(running)") == 2, again.stdout  # only the study's report and the tables
-    assert again.stdout.count("done already, reused") >= 4 + 6 + 2 + 3 + 2
+    assert again.stdout.count("(running)") == 3, again.stdout  # the scenes (reused by the generator), report, tables
+    assert again.stdout.count("done already, reused") >= 4 + 6 + 2 + 3
     assert {p.name: p.read_bytes() for p in tables.rglob("*.*")} == before
 
 
@@ -167,7 +171,7 @@ def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_pa
     # the random backbone it is compared with has the same stem, and the runs' folder names the overrides
     random_init = [r for r in records if r["kind"] in ("knn", "linear") and r["source"] == "random-init"]
     assert len(random_init) == 2 and all(r["cifar_stem"] is True for r in random_init)
-    assert [p.name for p in (runs / "synthetic").iterdir()] == [f"e1-o{runner._opts_tag(OPTS)[2:]}"]
+    assert [p.name for p in (runs / "synthetic").iterdir()] == [f"e1-o{opts_tag(OPTS)[2:]}"]
     assert "| random init |" in (tmp_path / "tables" / "classification.md").read_text()
 
 

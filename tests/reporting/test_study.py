@@ -77,7 +77,7 @@ def test_report_gives_each_variant_its_paired_test_and_the_anchors(tmp_path):
         "raw-pixels": ("raw pixels", "raw-pixels", {0: 85.47}, None),
     }
     manifest = _manifest(tmp_path, [0, 1, 2], rows)
-    text, table, per_seed, _ = build_report(manifest)
+    text, table, per_seed, _, transfer = build_report(manifest)
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "80.00 ± 1.00 (n=3)" in lines["BYOL"]
     rim = next(r for r in table if r[0] == "BYOL+RIM")
@@ -86,7 +86,8 @@ def test_report_gives_each_variant_its_paired_test_and_the_anchors(tmp_path):
     assert float(ifm[7]) == pytest.approx(2.0667, abs=1e-4) and ifm[11] == "significant" and float(ifm[10]) < 0.05
     assert "+3.00 ± 0.50" in lines["BYOL"]  # the paired gain over each seed's random init (3, 3.5, 2.5)
     assert "85.47 ± 0.35 (SE)" in lines["raw pixels"]  # one number: its binomial SE on 10000 images
-    assert "BYOL+IFM vs BYOL: +2.07 points, p = 2.6e-04: significant." in text
+    assert "BYOL+IFM vs BYOL: +2.07 points, p = 2.6e-04: significant, higher than BYOL." in text
+    assert transfer == [] and "Detection transfer" not in text  # no detection step, no section
     assert "BYOL minus each anchor, in points: random init +3.00, raw pixels -5.47, supervised ceiling -10.00." \
         in text
     assert "calibration figure 150 images/s" in text and "python tools/study.py" in text
@@ -101,7 +102,7 @@ def test_report_gives_each_variant_its_paired_test_and_the_anchors(tmp_path):
 def test_one_seed_report_uses_the_standard_errors(tmp_path):
     rows = {"base": ("BYOL", "variant", {0: 80.0}, 50.0), "rim": ("BYOL+RIM", "variant", {0: 80.5}, 50.0),
             "random-init": ("random init", "random-init", {0: 77.0}, None)}
-    text, table, _, _ = build_report(_manifest(tmp_path, [0], rows, test="none"))
+    text, table, _, _, _ = build_report(_manifest(tmp_path, [0], rows, test="none"))
     se = math.sqrt(0.8 * 0.2 / 10000) * 100
     rim = next(r for r in table if r[0] == "BYOL+RIM")
     assert float(rim[8]) == pytest.approx(math.hypot(se, math.sqrt(0.805 * 0.195 / 10000) * 100), abs=1e-3)
@@ -134,6 +135,17 @@ def test_overrides_may_follow_the_seeds_and_extra_variants_keep_their_own():
     assert plan.variants[-1] == ("r50", ("RIM.ENABLED", "true", "RIM.RATIO", "0.5"))
     with pytest.raises(UserError, match="override DATA.ROOT has no value"):
         split_overrides(["--config", "x.yaml", "DATA.ROOT"])
+    # the detection's own overrides stay with --det-opts
+    argv = ["--config", "fmnist_cpu_byol.yaml", "--detection", "fmnist_scenes.yaml", "--det-opts", "SOLVER.MAX_ITER",
+            "50", "--seeds", "0", "1", "DATA.ROOT", "/data"]
+    options, overrides = split_overrides(argv)
+    a = build_parser().parse_args(options)
+    a.opts = overrides
+    plan = plan_from_args(a, "")
+    assert plan.det_opts == ("SOLVER.MAX_ITER", "50") and plan.opts == ("DATA.ROOT", "/data")
+    a.detection = ""
+    with pytest.raises(UserError, match="--det-opts without --detection CONFIG"):
+        plan_from_args(a, "")
 
 
 def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overrides(tmp_path):
@@ -154,3 +166,48 @@ def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overr
         study(opts=("OPTIM.BASE_LR", "0.01")).check_out_folder()
     with pytest.raises(UserError, match="holds study runs of another recipe"):
         study(config="fmnist_cpu_simsiam.yaml").check_out_folder()
+
+
+def _with_detection(manifest: dict, root: Path, ap50: dict[str, dict[int, float]], se: float = 1.0) -> dict:
+    """Fake detection records added to a manifest's rows (AP = AP50 / 2, AP75 = AP50 / 3, bootstrap SE `se`)."""
+    for key, values in ap50.items():
+        for seed, value in values.items():
+            path = root / f"det-{key}-s{seed}.json"
+            path.write_text(json.dumps({"metrics": {"AP50": value, "AP": value / 2, "AP75": value / 3},
+                                        "metrics_se": {"AP50": se, "AP": se / 2, "AP75": se / 3},
+                                        "protocol": "FMNIST-scenes R10-C4 1k", "iterations": 1000}))
+            manifest["rows"][key]["runs"][str(seed)]["detection"] = str(path)
+    manifest["detection"] = "fmnist_scenes.yaml"
+    return manifest
+
+
+def test_the_transfer_table_tests_ap50_against_base_and_random_init(tmp_path):
+    rows = {"base": ("BYOL", "variant", {0: 80.0, 1: 81.0, 2: 79.0}, 100.0),
+            "rim": ("BYOL+RIM", "variant", {0: 80.3, 1: 80.8, 2: 79.4}, 101.0),
+            "random-init": ("random init", "random-init", {0: 77.0, 1: 77.5, 2: 76.5}, None)}
+    manifest = _with_detection(_manifest(tmp_path, [0, 1, 2], rows), tmp_path, {
+        "base": {0: 60.0, 1: 62.0, 2: 61.0}, "rim": {0: 60.5, 1: 61.0, 2: 61.8},  # diffs .5 -1 .8: within noise
+        "random-init": {0: 40.0, 1: 41.0, 2: 39.5}})  # diffs 20 21 21.5: significant
+    text, _, _, _, transfer = build_report(manifest)
+    assert "## Detection transfer: fmnist_scenes.yaml" in text and "FMNIST-scenes R10-C4 1k, 1000 iterations" in text
+    assert "| BYOL | 80.00 ± 1.00 (n=3) |" in text and "| BYOL | 61.00 ± 1.00 (n=3) | 30.50 ± 0.50 |" in text
+    base = next(r for r in transfer if r[0] == "BYOL")
+    assert float(base[3]) == pytest.approx(61.0) and float(base[4]) == pytest.approx(1.0) and base[9] == "sd"
+    assert float(base[14]) == pytest.approx(20.8333, abs=1e-3) and base[17] == "significant"
+    rim = next(r for r in transfer if r[0] == "BYOL+RIM")
+    assert float(rim[10]) == pytest.approx(0.1, abs=1e-6) and rim[13] == "within noise"
+    assert "BYOL vs random init: AP50 +20.83, p = 4.5e-04: significant, higher than random init." in text
+    assert "BYOL+RIM vs BYOL: AP50 +0.10, p = 0.874: within noise." in text
+    write_report(manifest, tmp_path / "out")
+    assert (tmp_path / "out" / "transfer.csv").is_file()
+
+
+def test_one_seed_transfer_uses_the_bootstrap_se(tmp_path):
+    rows = {"base": ("BYOL", "variant", {0: 80.0}, 50.0), "random-init": ("random init", "random-init", {0: 77.0}, None)}
+    manifest = _with_detection(_manifest(tmp_path, [0], rows, test="none"), tmp_path,
+                               {"base": {0: 50.0}, "random-init": {0: 45.0}}, se=1.5)
+    text, _, _, _, transfer = build_report(manifest)
+    base = next(r for r in transfer if r[0] == "BYOL")
+    assert base[9] == "SE" and float(base[15]) == pytest.approx(math.hypot(1.5, 1.5), abs=1e-3)
+    assert base[17] == "beyond 2 SE"  # 5.0 > 2 x 2.12
+    assert "50.00 ± 1.50 (SE)" in text
