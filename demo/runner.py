@@ -52,8 +52,8 @@ QUICK_PRETRAIN_OPTS = ("DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.
 #: images for one epoch (the study itself runs the whole recipe), and the bank of the kNN is all 60k
 FMNIST_DEMO_IMAGES = 20480
 #: the demo's Fashion-MNIST scenes (tools/make_fmnist_scenes.py options) and fine-tuning iterations on them
-DEMO_SCENES = dict(trainval=1000, test=300)
-FMNIST_DEMO_DET_ITERS = 300
+DEMO_SCENES = dict(trainval=500, test=300)
+FMNIST_DEMO_DET_ITERS = 150
 #: tiny scenes of --quick
 QUICK_SCENES = dict(trainval=6, test=4, canvas=64, item_min=16, item_max=32)
 

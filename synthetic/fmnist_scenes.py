@@ -38,7 +38,7 @@ CLASSES: tuple[str, ...] = ("tshirt_top", "trouser", "pullover", "dress", "coat"
                             "sneaker", "bag", "ankle_boot")
 
 DEFAULT_SIZES: dict[str, int] = {
-    "trainval": 2000,     # scenes made of training-split items
+    "trainval": 500,      # scenes made of training-split items (few: where pretraining shows, fmnist_scenes.yaml)
     "test": 500,          # scenes made of t10k items
     "canvas": 112,        # side of a scene, px
     "items_min": 1,       # items per scene

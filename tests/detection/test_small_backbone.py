@@ -112,3 +112,13 @@ def test_the_scenes_config_has_an_anchor_for_every_object_the_generator_makes(tm
             worst = min(worst, max(min(aw, w) * min(ah, h) / (aw * ah + w * h - min(aw, w) * min(ah, h))
                                    for aw, ah in shapes))
     assert worst >= 0.5
+
+
+def test_the_scenes_config_normalises_pixels_as_the_fashion_mnist_recipes_did(tmp_path):
+    from pretrain.config import load_config
+
+    cfg = _cfg(tmp_path, config="fmnist_scenes.yaml")
+    for recipe in ("fmnist_cpu_byol.yaml", "fmnist_cpu_simsiam.yaml"):
+        data = load_config(recipe, []).DATA
+        assert cfg.MODEL.PIXEL_MEAN == pytest.approx([255 * m for m in data.MEAN], abs=0.01)
+        assert cfg.MODEL.PIXEL_STD == pytest.approx([255 * s for s in data.STD], abs=0.01)
