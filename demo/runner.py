@@ -48,9 +48,10 @@ QUICK_SIZES = dict(pretrain_images=48, cls_train_per_class=4, cls_val_per_class=
 #: pretraining overrides of --quick: small batches and heads
 QUICK_PRETRAIN_OPTS = ("DATA.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "0", "TRAIN.KNN_K", "4", "MODEL.PROJ_HIDDEN_DIM", "64",
                        "MODEL.PRED_HIDDEN_DIM", "64", "MODEL.PROJ_OUTPUT_DIM", "32")
-#: the demo's size of the Fashion-MNIST study: every variant pretrains on the first FMNIST_DEMO_IMAGES training
-#: images for one epoch (the study itself runs the whole recipe), and the bank of the kNN is all 60k
-FMNIST_DEMO_IMAGES = 20480
+#: the demo's size of the Fashion-MNIST study: base and +RIM+IFM (the study runs all four), one epoch of the
+#: 60,000 training images each (the recipe runs five). One epoch of 20,480 images, tried first so that all four
+#: fitted, left BYOL 0.55 points below its random init (76.87 against 77.42): no learning to show.
+FMNIST_DEMO_VARIANTS = ("base", "rim-ifm")
 #: the demo's Fashion-MNIST scenes (tools/make_fmnist_scenes.py options) and fine-tuning iterations on them
 DEMO_SCENES = dict(trainval=500, test=300)
 FMNIST_DEMO_DET_ITERS = 150
@@ -68,7 +69,8 @@ WHAT_IT_SHOWS = (
 #: the same for a demo whose classification half runs on Fashion-MNIST
 WHAT_IT_SHOWS_FMNIST = (
     "The classification half runs on real Fashion-MNIST with the CPU recipe fmnist_cpu_byol.yaml, cut to one "
-    f"epoch on {FMNIST_DEMO_IMAGES} images per variant so that it fits the demo: each row is kNN top-1 on the "
+    "epoch of BYOL and of BYOL+RIM+IFM so that it fits the demo (the study runs all four variants for five): each "
+    "row is kNN top-1 on the "
     "10k test images with its standard error, beside a random backbone and the raw pixels. The full recipe and "
     "its study over seeds: `python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT <folder>`. "
     "The detection half fine-tunes Faster R-CNN (fmnist_scenes.yaml, cut to the demo's iterations) on Fashion-MNIST "
@@ -132,11 +134,11 @@ class Demo:
         common = ["TRAIN.EPOCHS", str(s.epochs), "TRAIN.KNN_PERIOD", str(s.epochs)]
         test = "paired-t" if len(s.seeds) >= 2 else "none"
         if s.fmnist is not None:
-            limit = "96" if s.quick else str(FMNIST_DEMO_IMAGES)
+            limit = ("DATA.LIMIT", "96") if s.quick else ()
             scenes = QUICK_SCENES if s.quick else DEMO_SCENES
             return Plan(config="fmnist_cpu_byol.yaml", seeds=s.seeds, out=s.out / "fmnist" / tag,
-                        results=s.tables / "fmnist", variants=list(VARIANTS.items()),
-                        opts=("DATA.ROOT", str(s.fmnist), "DATA.LIMIT", limit, *common, *quick, *s.pretrain_opts),
+                        results=s.tables / "fmnist", variants=[(n, VARIANTS[n]) for n in FMNIST_DEMO_VARIANTS],
+                        opts=("DATA.ROOT", str(s.fmnist), *limit, *common, *quick, *s.pretrain_opts),
                         k=4 if s.quick else 20, test=test, supervised=False, raw_pixels=True, name="demo",
                         detection=s.det_config if s.detection else "", det_opts=self.det_opts(),
                         det_variants=list(DETECTION_VARIANTS), det_engine=s.engine, scenes=str(s.scenes),
