@@ -55,9 +55,13 @@ def test_precision_resolution():
 
 @pytest.mark.slow
 def test_bf16_autocast_step_on_cpu(tiny_data, tmp_path):
-    # batch 2: a CPU without AVX-512 runs bf16 convolutions by a slow fallback (about 1 s per image and step)
+    # batch 2: a CPU without AVX-512 runs bf16 convolutions by a slow fallback (about 1 s per image and step).
+    # The CIFAR stem keeps layer4 at 2x2: at 16 px the ImageNet stem leaves it 1x1, and there the bf16 step
+    # with RIM+IFM gave NaN in layer4.0.conv1's weight in about 1 run in 8 at batch 2 (9 in 10 at batch 4;
+    # never with anomaly detection on, nor without RIM or IFM): an open numerical question, not this test's.
     run = make_run(tiny_data, tmp_path, **{"TRAIN.PRECISION": "bf16", "RIM.ENABLED": "true", "IFM.ENABLED": "true",
-                                           "DATA.BATCH_SIZE": "2"})
+                                           "DATA.BATCH_SIZE": "2",
+                                           "MODEL.CIFAR_STEM": "true"})
     assert run.precision == "bf16"
     conv_out, h1 = record_outputs(run.model.backbone.conv1, lambda a, o: o.dtype)
     head_out, h2 = record_outputs(run.model.projector[0], lambda a, o: o.dtype)
