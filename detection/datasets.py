@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from detection.voc_xml import VocObject, parse_voc_xml
+from rimifm.config import dataset_root
 from rimifm.errors import UserError
+from synthetic.fmnist_scenes import CLASSES as SCENE_CLASSES
+from synthetic.fmnist_scenes import FOLDER as FMNIST_SCENES_FOLDER
 
 #: detectron2's BoxMode.XYXY_ABS and BoxMode.XYWH_ABS values
 XYXY_ABS = 0
@@ -51,7 +54,6 @@ COCO_SPLITS: dict[str, tuple[str, str]] = {
 SYNTHETIC_SPLITS: dict[str, str] = {"synthetic_trainval": "trainval", "synthetic_test": "test"}
 #: the Fashion-MNIST scenes (synthetic.fmnist_scenes), under <dataset_root>/fmnist-scenes
 FMNIST_SCENES_SPLITS: dict[str, str] = {"fmnist_scenes_trainval": "trainval", "fmnist_scenes_test": "test"}
-FMNIST_SCENES_FOLDER = "fmnist-scenes"
 
 _HINT_VOC = "put PASCAL VOC there (VOCdevkit's VOC2007/VOC2012 folders) or set $DETECTRON2_DATASETS"
 _HINT_COCO = "put COCO 2017 there (coco/{train2017,val2017,annotations}) or set $DETECTRON2_DATASETS"
@@ -93,11 +95,6 @@ def xyxy_abs_mode() -> Any:
 
 
 # ----------------------------------------------------------------------------- roots
-
-
-def dataset_root() -> str:
-    """`$DETECTRON2_DATASETS` (user-expanded), default `datasets` (relative to the working directory)."""
-    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def synthetic_root(configured: str = "") -> str:
@@ -285,7 +282,6 @@ REGISTRY: dict[str, DatasetSpec] = {}
 
 def _specs(root: str, synth: str, scenes: str) -> list[DatasetSpec]:
     from detection.evaluation.voc import VOC_CLASSES
-    from synthetic.fmnist_scenes import CLASSES as SCENE_CLASSES
     from synthetic.generator import CLASSES
 
     specs = []

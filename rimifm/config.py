@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,3 +73,9 @@ def config_hash(cfg, ignore: Sequence[str] = ("OUTPUT_DIR",)) -> str:
     for key in ignore:
         data.pop(key, None)
     return stable_hash(data)
+
+
+def dataset_root() -> str:
+    """`$DETECTRON2_DATASETS` (user-expanded), default `datasets` (relative to the working directory): where the
+    detection sets live, and where the scene generator writes by default."""
+    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))

@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 
+from rimifm.config import dataset_root
 from rimifm.errors import UserError, run_cli
 from rimifm.idx import FMNIST_PLACES, find_fmnist
 from synthetic import fmnist_scenes
@@ -72,8 +73,7 @@ def scenes_main(argv: list[str] | None = None) -> int:
     if root is None:
         raise UserError(f"no Fashion-MNIST IDX files in {' or '.join(FMNIST_PLACES)}; pass --root DIR "
                         "(`apt-get install dataset-fashion-mnist` installs them under /usr/share/datasets/fashion-mnist)")
-    out = args.out or os.path.join(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")),
-                                   "fmnist-scenes")
+    out = args.out or os.path.join(dataset_root(), fmnist_scenes.FOLDER)
     sizes = {k: getattr(args, k) for k in fmnist_scenes.DEFAULT_SIZES}
     start = time.perf_counter()
     reused = not args.force and fmnist_scenes.SCENES.is_complete(out)

@@ -31,6 +31,8 @@ from synthetic.annotations import coco_dataset, voc_xml
 from synthetic.folders import GeneratedFormat, check_seed, json_text, write_text
 
 FORMAT = "rimifm-fmnist-scenes"
+#: the scenes' folder under $DETECTRON2_DATASETS, where the detection configs look
+FOLDER = "fmnist-scenes"
 VERSION = 1
 
 #: the Fashion-MNIST labels 0-9, as VOC object names
