@@ -20,10 +20,10 @@ from kornia.enhance import (
     adjust_saturation_with_gray_subtraction,
     solarize,
 )
-from kornia.filters import gaussian_blur2d
 
+from pretrain.data.blur import gaussian_blur
 from pretrain.data.datasets import TwoViewDataset
-from pretrain.data.views import ViewParams, blur_kernel_size, crop_and_flip, draw_view_params, sample_rng
+from pretrain.data.views import ViewParams, crop_and_flip, draw_view_params, sample_rng
 
 # columns of a view's parameter vector
 JITTER, FACTORS, ORDER, GRAY, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11
@@ -76,10 +76,7 @@ def batched_colour_ops(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             rows = torch.nonzero(jitter & (order[:, position] == k) & changes[:, k]).flatten()
             x = _on(x, rows, fn, factors[:, k])
     x = _on(x, torch.nonzero(p[:, GRAY] > 0.5).flatten(), lambda t: rgb_to_grayscale(t).expand_as(t).contiguous())
-    kernel = blur_kernel_size(x.shape[-1])
-    x = _on(x, torch.nonzero(p[:, SIGMA] > 0).flatten(),
-            lambda t, s: gaussian_blur2d(t, (kernel, kernel), s[:, None].expand(-1, 2), border_type="reflect"),
-            p[:, SIGMA])
+    x = _on(x, torch.nonzero(p[:, SIGMA] > 0).flatten(), gaussian_blur, p[:, SIGMA])  # PIL's, in float
     return _on(x, torch.nonzero(p[:, SOLARIZE] > 0.5).flatten(), lambda t: solarize(t, 128 / 255))
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
+from PIL import Image, ImageFilter
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,6 @@ def draw_view_params(rng: np.random.Generator, width: int, height: int, spec: Vi
     return ViewParams(box, flip, jitter, factors, order, gray, blur_sigma, solarize)
 
 
-def blur_kernel_size(size: int) -> int:
-    """Gaussian blur kernel side for views of `size` pixels: about 10% of the side, odd, at least 3."""
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
-
-
 def crop_and_flip(img: Image.Image, spec: ViewSpec, p: ViewParams) -> Image.Image:
     """The geometric part of a view: random-resized crop to spec.size, then the horizontal flip."""
     mode = TF.InterpolationMode.BICUBIC if spec.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
@@ -127,9 +122,8 @@ def colour_ops(img: Image.Image, p: ViewParams) -> Image.Image:
             img = JITTER_OPS[k](img, p.factors[k])
     if p.gray:
         img = TF.rgb_to_grayscale(img, num_output_channels=3)
-    if p.blur_sigma > 0:
-        kernel = blur_kernel_size(img.width)
-        img = TF.gaussian_blur(img, [kernel, kernel], [p.blur_sigma, p.blur_sigma])
+    if p.blur_sigma > 0:  # the sources' blur: PIL's, whose extent grows with sigma (pretrain/data/blur.py)
+        img = img.filter(ImageFilter.GaussianBlur(radius=p.blur_sigma))
     if p.solarize:
         img = TF.solarize(img, 128)
     return img
