@@ -31,4 +31,20 @@ def cumulative_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.
             m.momentum = momentum
 
 
-__all__ = ["cumulative_bn_statistics"]
+@contextmanager
+def frozen_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
+                         ) -> Iterator[list[nn.Module]]:
+    """Training-mode BN layers of `model` normalise with their batch's statistics but leave their running ones
+    as they are while the block runs (momentum 0); their momenta are restored afterwards."""
+    bns = [m for m in model.modules() if isinstance(m, bn_types) and m.training and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield bns
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+
+__all__ = ["cumulative_bn_statistics", "frozen_bn_statistics"]

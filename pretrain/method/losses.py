@@ -26,6 +26,11 @@ DISTANCES = {"byol": byol_distance, "simsiam": simsiam_distance}
 #: how each method combines its two directions, as published: BYOL adds them (L + L~, the paper's
 #: eq. 2 and solo-learn), SimSiam averages them (1/2 D(p1, z2) + 1/2 D(p2, z1), the paper's eq. 2)
 VIEW_SCALES = {"byol": 1.0, "simsiam": 0.5}
+#: BYOL.LOSS_SCALE: `sum` (the default, above) or `mean`, the scale solo-learn's BYOL had when its README's
+#: CIFAR numbers were made (solo-learn fca55e3, 2021-07-09: `loss(p1, z2) / 2 + loss(p2, z1) / 2`; summed
+#: from 365f2aa, 2021-07-14, with the README numbers unchanged). With LARS, whose trust ratio skips biases and
+#: BN, halving the loss halves their steps but not the other weights': the two scales train differently.
+LOSS_SCALES = {"sum": 1.0, "mean": 0.5}
 
 
 def symmetric_loss(distance, p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,

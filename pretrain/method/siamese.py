@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.method import ifm as ifm_ops
-from pretrain.method.losses import DISTANCES, VIEW_SCALES, mixed_target_loss, symmetric_loss
+from pretrain.method.losses import DISTANCES, LOSS_SCALES, VIEW_SCALES, mixed_target_loss, symmetric_loss
 from pretrain.method.models import (
     build_backbone,
     byol_predictor,
@@ -26,6 +26,7 @@ from pretrain.method.models import (
     simsiam_projector,
 )
 from pretrain.method.rim import random_image_masking
+from rimifm.precise_bn import frozen_bn_statistics
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,21 @@ class Siamese(nn.Module):
         """Hook run after each optimizer step with training progress in [0, 1]; returns EMA momentum."""
         return None
 
-    def attach_classifier(self, num_classes: int) -> None:
-        """Add solo-learn's online linear classifier: a Linear on detached backbone features (no BN)."""
+    def attach_classifier(self, num_classes: int, views: str = "masked") -> None:
+        """Add solo-learn's online linear classifier: a Linear on detached backbone features (no BN). With RIM,
+        `views` "clean" feeds it from a gradient-free pass of the online backbone on the unmasked views (its BN on
+        batch statistics, the running ones untouched) instead of the masked views' features."""
+        if views not in ("masked", "clean"):
+            raise ValueError(f"online classifier views {views!r}: masked or clean")
         self.classifier = nn.Linear(self.backbone.feature_dim, num_classes)
+        self.classifier_views = views
+
+    def classifier_features(self, v1, v2, h1, h2) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (detached) features the online classifier trains on this step."""
+        if not (self.rim.enabled and getattr(self, "classifier_views", "masked") == "clean"):
+            return h1.detach(), h2.detach()
+        with torch.no_grad(), frozen_bn_statistics(self.backbone):
+            return self.backbone(v1), self.backbone(v2)
 
     def _mask(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         r = self.rim
@@ -128,8 +141,9 @@ class Siamese(nn.Module):
             out["ifm_loss"] = ifm_loss.detach()
         if self.classifier is not None and labels is not None and bool((labels >= 0).any()):
             labels = labels.to(h1.device)
-            ce = 0.5 * (F.cross_entropy(self.classifier(h1.detach()), labels, ignore_index=-1)
-                        + F.cross_entropy(self.classifier(h2.detach()), labels, ignore_index=-1))
+            f1, f2 = self.classifier_features(v1, v2, h1, h2)
+            ce = 0.5 * (F.cross_entropy(self.classifier(f1), labels, ignore_index=-1)
+                        + F.cross_entropy(self.classifier(f2), labels, ignore_index=-1))
             loss = loss + ce
             out["online_linear_loss"] = ce.detach()
         out["loss"] = loss
@@ -174,8 +188,11 @@ class BYOL(Siamese):
     name = "byol"
 
     def __init__(self, backbone, projector, predictor, rim=RIMSettings(), ifm=IFMSettings(),
-                 base_momentum: float = 0.99, final_momentum: float = 1.0):
+                 base_momentum: float = 0.99, final_momentum: float = 1.0, loss_scale: str = "sum"):
         super().__init__(backbone, projector, predictor, rim, ifm)
+        if loss_scale not in LOSS_SCALES:
+            raise ValueError(f"BYOL loss_scale {loss_scale!r}: choose one of {', '.join(LOSS_SCALES)}")
+        self.view_scale = LOSS_SCALES[loss_scale]
         self.target_backbone = copy.deepcopy(backbone)
         self.target_projector = copy.deepcopy(projector)
         for p in list(self.target_backbone.parameters()) + list(self.target_projector.parameters()):
@@ -223,7 +240,8 @@ def build_method(cfg) -> Siamese:
     if cfg.METHOD == "byol":
         projector = byol_projector(backbone.feature_dim, m.PROJ_HIDDEN_DIM, m.PROJ_OUTPUT_DIM, layers or 2)
         predictor = byol_predictor(m.PROJ_OUTPUT_DIM, m.PRED_HIDDEN_DIM)
-        return BYOL(backbone, projector, predictor, rim, ifm, cfg.BYOL.BASE_MOMENTUM, cfg.BYOL.FINAL_MOMENTUM)
+        return BYOL(backbone, projector, predictor, rim, ifm, cfg.BYOL.BASE_MOMENTUM, cfg.BYOL.FINAL_MOMENTUM,
+                    cfg.BYOL.LOSS_SCALE)
     projector = simsiam_projector(backbone.feature_dim, m.PROJ_HIDDEN_DIM, m.PROJ_OUTPUT_DIM, layers or 3)
     predictor = simsiam_predictor(m.PROJ_OUTPUT_DIM, m.PRED_HIDDEN_DIM)
     return SimSiam(backbone, projector, predictor, rim, ifm)

@@ -32,7 +32,7 @@ class Supervised(nn.Module):
         m = cfg.MODEL
         return cls(build_backbone(m.BACKBONE, m.CIFAR_STEM, m.ZERO_INIT_RESIDUAL, m.CIFAR_STEM_PADDING), num_classes)
 
-    def attach_classifier(self, num_classes: int) -> None:
+    def attach_classifier(self, num_classes: int, views: str = "masked") -> None:
         raise UserError("METHOD supervised trains its own classifier: set ONLINE_LINEAR.ENABLED false")
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, rim_seed: int = 0, ifm_seed: int = 0,

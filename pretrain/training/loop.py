@@ -5,6 +5,7 @@ The command around it (python tools/pretrain.py --config ... [KEY VALUE ...]) is
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
@@ -161,7 +162,7 @@ class PretrainRun:
         model = Supervised.from_config(cfg, self._supervised_classes()) if cfg.METHOD == "supervised" \
             else build_method(cfg)
         if self.num_classes:
-            model.attach_classifier(self.num_classes)
+            model.attach_classifier(self.num_classes, cfg.ONLINE_LINEAR.VIEWS)
         if cfg.MODEL.SYNC_BN and self.env.world > 1:
             if device.type == "cuda":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -399,11 +400,24 @@ class PretrainRun:
         if self.env.main:
             print(f"BN statistics re-estimated on {used} clean training images (TRAIN.PRECISE_BN_IMAGES)", flush=True)
 
+    def clean_bn_backbone(self) -> torch.nn.Module | None:
+        """ONLINE_LINEAR.VIEWS clean under RIM: a copy of the online backbone whose BN statistics are re-estimated on
+        ONLINE_LINEAR.BN_IMAGES clean training images, for the online validation (training keeps its own);
+        None otherwise."""
+        cfg = self.cfg
+        if not (cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "clean"):
+            return None
+        d = cfg.DATA
+        backbone = copy.deepcopy(self.model.backbone)
+        recompute_bn(backbone, EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD), cfg.ONLINE_LINEAR.BN_IMAGES,
+                     max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
+        return backbone
+
     def online_linear(self, epoch: int) -> dict | None:
         """Top-1/top-5 of the online classifier on the clean validation split (main process), logged."""
         if not (self.num_classes and self.env.main):
             return None
-        result = online_linear_accuracy(self.model, self.splits, self.cfg, self.device)
+        result = online_linear_accuracy(self.model, self.splits, self.cfg, self.device, self.clean_bn_backbone())
         self.progress.history["online_linear"] = {**result, "step": self.progress.step}
         self.log.write({"step": self.progress.step, "epoch": epoch, "online_linear_top1": result["top1"]})
         return result

@@ -86,12 +86,13 @@ def knn_monitor(splits, cfg) -> KnnMonitor | None:
 
 
 @torch.no_grad()
-def online_linear_accuracy(model, splits, cfg, device) -> dict:
+def online_linear_accuracy(model, splits, cfg, device, backbone=None) -> dict:
     """The online classifier on the clean validation split, backbone and classifier in eval mode (BN
-    running statistics), as solo-learn validates it: {"top1", "top5", "num_val"}."""
+    running statistics), as solo-learn validates it: {"top1", "top5", "num_val"}. `backbone`: another
+    backbone to take the features from (the online one with clean-image BN statistics)."""
     d = cfg.DATA
     val = EvalDataset(splits.knn_val, d.IMAGE_SIZE, d.MEAN, d.STD)
-    feats, labels = extract_features(model.backbone, val, max(64, d.BATCH_SIZE), d.NUM_WORKERS, device,
+    feats, labels = extract_features(backbone if backbone is not None else model.backbone, val, max(64, d.BATCH_SIZE), d.NUM_WORKERS, device,
                                      normalize=False)
     classifier = model.classifier
     was_training = classifier.training

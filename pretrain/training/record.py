@@ -13,8 +13,9 @@ def _online_linear(cfg, result: dict | None) -> dict | None:
     """The online linear protocol's result for the record (None when it was off)."""
     if not result:
         return None
+    views = "masked" if cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "masked" else "clean"
     return {"top1": result["top1"], "top5": result.get("top5"), "num_val": result["num_val"],
-            "lr": cfg.ONLINE_LINEAR.LR, "dataset": cfg.DATA.DATASET}
+            "lr": cfg.ONLINE_LINEAR.LR, "dataset": cfg.DATA.NAME or cfg.DATA.DATASET, "views": views}
 
 
 #: history entries that are not end-of-run metrics (they have fields of their own, or none)
@@ -32,7 +33,8 @@ def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images:
         rim={k.lower(): v for k, v in merged["RIM"].items()},
         ifm={k.lower(): v for k, v in merged["IFM"].items()},
         backbone=cfg.MODEL.BACKBONE,
-        dataset={"name": cfg.DATA.DATASET, "root": cfg.DATA.ROOT, "images": images},
+        dataset={"name": cfg.DATA.NAME or cfg.DATA.DATASET, "root": cfg.DATA.ROOT, "images": images,
+                 **({"format": cfg.DATA.DATASET} if cfg.DATA.NAME else {})},
         epochs=cfg.TRAIN.EPOCHS,
         steps=steps,
         seed=cfg.SEED,

@@ -29,6 +29,7 @@ SOLO_BYOL_CIFAR = {
     "MODEL.SYNC_BN": True,                         # sync_batchnorm
     "BYOL.BASE_MOMENTUM": 0.99,                    # momentum.base_tau
     "BYOL.FINAL_MOMENTUM": 1.0,                    # momentum.final_tau
+    "BYOL.LOSS_SCALE": "sum",                      # solo/methods/byol.py: loss(p1, z2) + loss(p2, z1)
     "DATA.IMAGE_SIZE": 32,                         # crop_size
     "DATA.BATCH_SIZE": 256,                        # optimizer.batch_size (one device)
     "DATA.MEAN": [0.4914, 0.4822, 0.4465],         # MEANS_N_STD cifar10
@@ -82,7 +83,7 @@ SOLO_SIMSIAM_CIFAR = {
     "OPTIM.WARMUP_START_FACTOR": 6e-5,             # warmup_start_lr 3e-5 / lr 0.5
     "OPTIM.PREDICTOR_FIXED_LR": True,              # predictor group static_lr
 }
-for key in ("BYOL.BASE_MOMENTUM", "BYOL.FINAL_MOMENTUM", "OPTIM.LARS_ETA", "OPTIM.LARS_FORM", "OPTIM.LARS_CLIP_LR",
+for key in ("BYOL.BASE_MOMENTUM", "BYOL.FINAL_MOMENTUM", "BYOL.LOSS_SCALE", "OPTIM.LARS_ETA", "OPTIM.LARS_FORM", "OPTIM.LARS_CLIP_LR",
             "OPTIM.LARS_EXCLUDE_BIAS_N_NORM"):
     SOLO_SIMSIAM_CIFAR.pop(key)  # not used by an SGD SimSiam run
 

@@ -63,17 +63,45 @@ def test_online_accuracy_is_the_classifier_on_clean_eval_views(tiny_data):
     assert result == {"top1": pytest.approx(top1), "top5": None, "num_val": 12}
 
 
+def test_clean_views_feed_the_classifier_an_unmasked_pass_that_leaves_the_bn_statistics():
+    """ONLINE_LINEAR.VIEWS clean under RIM: the classifier's features are the online backbone's on the unmasked
+    views (batch statistics, as in training), and that extra pass changes no running statistic; `masked` (the
+    default) gives it the online branch's own features."""
+    import copy
+
+    _, model = _tiny_model(**{"RIM.ENABLED": "true"})
+    model.attach_classifier(3, "clean")
+    model.train()
+    v1, v2 = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)
+    h1, h2 = torch.randn(6, 512), torch.randn(6, 512)
+    reference = copy.deepcopy(model.backbone)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    f1, f2 = model.classifier_features(v1, v2, h1, h2)
+    with torch.no_grad():
+        torch.testing.assert_close(f1, reference(v1))
+        torch.testing.assert_close(f2, reference(v2))
+    after = {k: v for k, v in model.backbone.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not all(torch.equal(before[k], v) for k, v in reference.state_dict().items() if k in before)  # a pass would
+    model.attach_classifier(3, "masked")
+    f1, _ = model.classifier_features(v1, v2, h1, h2)
+    assert torch.equal(f1, h1)
+
+
 @pytest.mark.slow
 def test_pretraining_records_online_linear_and_steps_the_lr_per_epoch(tiny_data, tmp_path, capsys):
     from pretrain.training.cli import main
 
     out = tmp_path / "run"
     r = run_main(main, tiny_overrides(tiny_data, out, **{"ONLINE_LINEAR.ENABLED": "true", "ONLINE_LINEAR.LR": "0.5",
-                                                         "OPTIM.SCHEDULE_INTERVAL": "epoch"}), capsys, threads=1)
+                                                         "OPTIM.SCHEDULE_INTERVAL": "epoch", "RIM.ENABLED": "true",
+                                                         "ONLINE_LINEAR.VIEWS": "clean",
+                                                         "ONLINE_LINEAR.BN_IMAGES": "8"}), capsys, threads=1)
     assert r.returncode == 0, r.stderr
     rec = json.loads((out / "record.json").read_text())
     ol = rec["online_linear"]
     assert ol["num_val"] == 12 and 0.0 <= ol["top1"] <= 100.0 and ol["lr"] == 0.5 and ol["dataset"] == "imagefolder"
+    assert ol["views"] == "clean"  # RIM's masks kept out of the classifier, BN re-estimated before validating
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "loss" in row]
     assert all("online_linear_loss" in row for row in steps)
