@@ -17,6 +17,9 @@ from rimifm.records import REPO_ROOT
 DEFAULT_BASELINES = REPO_ROOT / "results" / "baselines.csv"
 BASELINE_COLUMNS = ("kind", "method", "pretrain_data", "pretrain_epochs", "backbone", "dataset", "protocol",
                     "engine", "AP", "AP50", "AP75", "mask_AP", "top1", "unit", "note", "source")
+#: optional: how a row's protocol differs from ours where it sits beside our runs ("max over epochs; 128-d head
+#: output"), shown in its settings cell, the plots' labels and the CSV
+OPTIONAL_COLUMNS = ("marks",)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class Published:
     #: after it ('k=200 T=0.1'); a detection row's protocol is the whole `protocol`
     protocol_name: str = ""
     settings: str = ""
+    #: protocol differences the tables show beside the row (the `marks` column, split at ';')
+    marks: tuple[str, ...] = ()
+
+    def settings_text(self, empty: str = DASH) -> str:
+        """The settings cell: the protocol's settings, then its marks in brackets."""
+        marks = f"[{'; '.join(self.marks)}]" if self.marks else ""
+        return " ".join(x for x in (self.settings, marks) if x) or empty
 
 
 def read_baselines(path: str | os.PathLike) -> list[Published]:
@@ -89,7 +99,7 @@ def read_baselines(path: str | os.PathLike) -> list[Published]:
                              row["pretrain_epochs"].strip() or DASH, canon_backbone(row["backbone"]),
                              row["dataset"].strip(), row["protocol"].strip(), row["engine"].strip(),
                              tuple(sorted(metrics.items())), row["note"].strip(), row["source"].strip(), name,
-                             settings))
+                             settings, tuple(m.strip() for m in (row.get("marks") or "").split(";") if m.strip())))
     return out
 
 

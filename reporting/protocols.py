@@ -45,12 +45,29 @@ def split_protocol(text: str) -> tuple[str, str]:
     return name, " ".join(words[1:])
 
 
+#: the settings mark of an online-linear evaluation whose classifier trained on RIM's masked views (and was
+#: validated with BN statistics of masked images): no published online-linear number was made that way
+MASKED_VIEWS = "masked views"
+#: the settings mark of a linear evaluation that reports its best epoch on the validation set (MoCo's and
+#: SimSiam's main_lincls.py do) rather than its last
+BEST_EPOCH = "best epoch"
+
+
 def same_protocol(published_name: str, published_settings: str, name: str, settings: Iterable[str]) -> bool:
     """A published row sits beside our rows of protocol `name` (with these settings) when the names are
-    equal and, where the published row names settings, one of our rows has exactly those."""
+    equal and, where the published row names settings, one of our rows has exactly those. A published
+    online-linear row (unmasked views) never sits beside online-linear rows of masked views only, and a
+    published linear row names its recipe ("linear solo-learn") and sits beside runs of that recipe only."""
     if published_name != name:
         return False
+    if name == "online-linear":
+        settings = [s for s in settings if MASKED_VIEWS not in s]
+        if not settings:
+            return False
+    if name == "linear":  # a published linear number names its recipe, and sits beside runs of that recipe only
+        recipe = " ".join(published_settings.split())
+        return bool(recipe) and recipe in {s.split(",")[0].strip() for s in settings}
     return not published_settings or " ".join(published_settings.split()) in {" ".join(s.split()) for s in settings}
 
 
-__all__ = ["PROTOCOL_MEANING", "linear_protocol_name", "same_protocol", "split_protocol"]
+__all__ = ["BEST_EPOCH", "MASKED_VIEWS", "PROTOCOL_MEANING", "linear_protocol_name", "same_protocol", "split_protocol"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reporting.protocols import linear_protocol_name
+from reporting.protocols import BEST_EPOCH, MASKED_VIEWS, linear_protocol_name
 from reporting.render import DASH
 from rimifm.errors import UserError
 from rimifm.records import stable_hash
@@ -206,9 +206,11 @@ def run_of(path: Path, rec: Record) -> Run:
             detail = f"k={settings['k']} T={float(settings['temperature']):g}"
         else:
             name = linear_protocol_name(settings)
-            detail = "{} ep, {}, lr {:g}{}".format(
+            detail = "{}{} ep, {}, lr {:g}{}{}".format(
+                f"{settings['recipe']}, " if name == "linear" and settings.get("recipe") else "",
                 settings.get("epochs", "?"), settings.get("optimizer", "?"), float(settings.get("lr") or 0),
-                ", aug" if settings.get("augment") else "")
+                ", aug" if settings.get("augment") else "",
+                f", {BEST_EPOCH}" if settings.get("report") == "best" else "")
         run.se = _top1_se(run.metrics["top1"], rec.num_val, "num_val")
         run.eval_key = (rec.dataset, name, detail, stable_hash({**settings, "name": name}))
     return run
@@ -225,9 +227,13 @@ def online_linear_run(pre: Run) -> Run | None:
     top1 = float(block["top1"])
     dataset = block.get("dataset") or (rec.dataset["name"] if isinstance(rec.dataset, dict) else rec.dataset)
     lr = block.get("lr")
-    detail = "during pretraining" + (f", lr {float(lr):g}" if lr is not None else "")
+    # records before ONLINE_LINEAR.VIEWS fed the classifier the online branch's views: masked under RIM
+    views = block.get("views") or ("masked" if (rec.rim or {}).get("enabled") else "clean")
+    detail = "during pretraining" + (f", lr {float(lr):g}" if lr is not None else "") + \
+        (f", {MASKED_VIEWS}" if views == "masked" else "")
+    key = {"lr": lr, "dataset": dataset, **({"views": views} if views == "masked" else {})}
     return Run(pre.path, "online-linear", rec, pre=pre.pre, seed=rec.seed, metrics={"top1": top1},
-               eval_key=(dataset, "online-linear", detail, stable_hash({"lr": lr, "dataset": dataset})),
+               eval_key=(dataset, "online-linear", detail, stable_hash(key)),
                folder=pre.folder, se=_top1_se(top1, block["num_val"], "online_linear.num_val"))
 
 

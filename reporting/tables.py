@@ -111,11 +111,12 @@ def classification_table(runs: list[Run], published: list[Published], label: Lab
                     not same_protocol(p.protocol_name, p.settings, protocol, settings):
                 continue
             top1 = dict(p.metrics)["top1"]
-            table.rows.append([dataset, protocol, p.settings or DASH, backbone, f"{p.method} (published)", p.data,
+            table.rows.append([dataset, protocol, p.settings_text(), backbone, f"{p.method} (published)", p.data,
                                p.epochs, fmt(top1), DASH, DASH, p.source + (f" ({p.note})" if p.note else "")])
-            table.csv_rows.append([dataset, protocol, p.settings, backbone, p.method, "", "", p.data, p.epochs,
+            table.csv_rows.append([dataset, protocol, p.settings_text(""), backbone, p.method, "", "", p.data, p.epochs,
                                    "published", num(top1), "", "published", "", "", "", "", "", p.note, p.source])
-            table.bars.append(_bar(section, f"{p.method} ({p.epochs} ep)", Stat(top1, None, "published", 0),
+            marks = "".join(f", {m}" for m in p.marks)
+            table.bars.append(_bar(section, f"{p.method} ({p.epochs} ep{marks})", Stat(top1, None, "published", 0),
                                    published=True))
     table.notes = [SD_NOTE + " " + TOP1_SE_NOTE,
                    "Δ: difference of means against the same method without RIM/IFM (same backbone, pretraining "

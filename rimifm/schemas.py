@@ -82,8 +82,9 @@ class PretrainRecord(_Record):
     kind: ClassVar[str] = "pretrain"
     method: str = _spec()
     backbone: str = _spec()
+    #: name: DATA.NAME (the tables' key) or else DATA.DATASET; format: DATA.DATASET when DATA.NAME named it
     dataset: dict | str = _spec(keys={"name": Sub(str, required=True), "root": Sub(str | None),
-                                      "images": Sub(int | None)})
+                                      "images": Sub(int | None), "format": Sub(str | None)})
     epochs: int = _spec()
     seed: int = _spec()
     rim: dict = _spec(knobs=True)
@@ -101,7 +102,8 @@ class PretrainRecord(_Record):
     #: pretraining, evaluated at the end on `num_val` clean validation images
     online_linear: dict | None = _spec(None, keys={"top1": Sub(float, required=True, finite=True), "top5": METRIC,
                                                    "num_val": Sub(int, required=True), "lr": Sub(float | None),
-                                                   "dataset": Sub(str | None)}, omit_none=True)
+                                                   "dataset": Sub(str | None), "views": Sub(str | None)},
+                                    omit_none=True)
     #: training time (data + compute, online evaluations excluded), summed over resumes
     train_time_s: float | None = _spec(None, omit_none=True)
     #: the online kNN monitor's protocol: k, temperature, and the bank / query images it used
@@ -163,7 +165,12 @@ class LinearRecord(_ClassificationRecord):
                                  "epochs": Sub(int | None), "lr": Sub(float | None, finite=True),
                                  "optimizer": Sub(str | None), "batch_size": Sub(int | None),
                                  "weight_decay": Sub(float | None, finite=True),
-                                 "augment": Sub(bool | None), "image_size": Sub(int | None)})
+                                 "augment": Sub(bool | None), "image_size": Sub(int | None),
+                                 "report": Sub(str | None)})
+    #: with protocol.report "best": top1/top5 are the best epoch's on the validation set, `best_epoch` (1-based)
+    #: which, `top1_last` the last epoch's top-1
+    metrics: dict = _spec(keys={"top1": Sub(float, required=True, finite=True), "top5": METRIC,
+                                "top1_last": METRIC, "best_epoch": METRIC}, closed=True)
 
 
 @dataclass(kw_only=True)

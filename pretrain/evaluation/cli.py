@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="linear: solo-learn (default for cifar10/cifar100/idx/synthetic), moco (default for "
                         "imagefolder; SGD lr 30, steps 60/80, 100 epochs) or simsiam (LARS, batch 4096, 90 epochs)")
+    p.add_argument("--dataset-name", default=None, metavar="KEY",
+                   help="the dataset's name in the record and the tables (default: --dataset), e.g. imagenet100 for "
+                        "an imagefolder copy of ImageNet-100, so that the published rows of that key sit beside it")
+    p.add_argument("--report", choices=("best", "last"), default=None,
+                   help="linear: the epoch whose top-1 is reported (default: the recipe's own; moco and simsiam "
+                        "validate every epoch and report the best, solo-learn the last)")
     p.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
     p.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
     p.add_argument("--epochs", type=int, default=None,

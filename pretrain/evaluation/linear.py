@@ -69,13 +69,15 @@ def train_linear(train_feats: torch.Tensor, train_labels: torch.Tensor, num_clas
 
 def train_linear_recipe(backbone: nn.Module, dataset_for_epoch: Callable[[int], torch.utils.data.Dataset],
                         feature_dim: int, num_classes: int, recipe, seed: int = 0, workers: int = 0,
-                        device: torch.device | str = "cpu") -> nn.Linear:
+                        device: torch.device | str = "cpu",
+                        after_epoch: Callable[[int, nn.Linear], None] | None = None) -> nn.Linear:
     """The offline linear protocol of a published recipe (pretrain/evaluation/recipes.py).
 
     Every epoch, `dataset_for_epoch(epoch)` gives that epoch's augmented (crop + flip) labelled views;
     batches go through the frozen backbone in eval mode (BN running statistics, no gradient) and the raw
     pooled features train the classifier with the recipe's optimizer, LR (x batch / 256 when the recipe
-    scales it), weight decay and per-epoch schedule.
+    scales it), weight decay and per-epoch schedule. `after_epoch(epoch, head)` runs after each epoch (the
+    per-epoch validation of recipes that report their best epoch).
     """
     torch.manual_seed(seed)
     head = make_head(feature_dim, num_classes, recipe).to(device)
@@ -98,6 +100,8 @@ def train_linear_recipe(backbone: nn.Module, dataset_for_epoch: Callable[[int], 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if after_epoch is not None:
+            after_epoch(epoch, head)
     backbone.train(was_training)
     return head.cpu()
 

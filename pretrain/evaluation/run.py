@@ -136,15 +136,28 @@ def _recipe_probe(args: dict, backbone: torch.nn.Module, src: BackboneSource, sp
                                              int(args.get("batch_size") or 256), workers, device, normalize=False)
     log(f"linear protocol, recipe {name}: {recipe.epochs} epochs of augmented views, {recipe.optimizer} "
         f"lr {recipe.lr}{' x batch/256' if recipe.scale_lr else ''}, batch {recipe.batch_size}, {recipe.schedule}")
+    per_epoch: list[dict] = []
+
+    @torch.no_grad()
+    def validate(epoch: int, head: torch.nn.Module) -> None:  # as main_lincls.py: the validation set, every epoch
+        per_epoch.append(accuracy_metrics(head(val_feats.to(head.weight.device)).cpu(), val_labels,
+                                          splits.num_classes))
+
     head = train_linear_recipe(
         backbone, lambda epoch: AugmentedDataset(splits.train, size, src.mean, src.std, seed, epoch),
-        val_feats.shape[1], splits.num_classes, recipe, seed, workers, device)
+        val_feats.shape[1], splits.num_classes, recipe, seed, workers, device,
+        after_epoch=validate if recipe.report == "best" else None)
     with torch.no_grad():
         metrics = accuracy_metrics(head(val_feats), val_labels, splits.num_classes)
+    if recipe.report == "best":
+        best = max(range(len(per_epoch)), key=lambda e: per_epoch[e]["top1"])  # the first of equal ones
+        log(f"best epoch {best + 1} of {recipe.epochs}: top-1 {per_epoch[best]['top1']:.2f}% "
+            f"(last epoch {metrics['top1']:.2f}%)")
+        metrics = {**per_epoch[best], "top1_last": metrics["top1"], "best_epoch": float(best + 1)}
     settings = {"name": "linear", "recipe": name, "source": recipe.source, "epochs": recipe.epochs,
                 "lr": recipe.lr, "lr_scaled_by_batch": recipe.scale_lr, "optimizer": recipe.optimizer,
                 "batch_size": recipe.batch_size, "weight_decay": recipe.weight_decay, "schedule": recipe.schedule,
-                "milestones": list(recipe.milestones)}
+                "milestones": list(recipe.milestones), "report": recipe.report}
     return metrics, settings, len(val_labels)
 
 
@@ -199,7 +212,8 @@ def run_evaluation(args: dict, log: Callable[[str], None] = print) -> dict:
     record = schema(
         run_id=new_run_id(protocol), method=src.method, rim=src.rim, ifm=src.ifm, backbone=src.backbone,
         cifar_stem=src.cifar_stem, seed=src.seed, source=src.kind, layout=src.layout, target=target,
-        dataset=splits.name, num_classes=splits.num_classes, num_train=num_train, num_val=num_val,
+        dataset=args.get("dataset_name") or splits.name, num_classes=splits.num_classes, num_train=num_train,
+        num_val=num_val,
         protocol=settings, metrics=metrics, checkpoint=src.checkpoint,
         checkpoint_sha256=None if src.kind == "random-init" else src.weights_id, recompute_bn=bn_info,
         config=dict(args), config_hash=config_hash(args, ignore=NON_HASHED),

@@ -77,11 +77,12 @@ def _pretrain(runs: Path, name: str, seed: int, rim: dict, ifm: dict, knn_final:
 
 def _eval(runs: Path, protocol: str, run_dir: Path | None, seed: int, top1: float, method: str = "byol",
           rim: dict | None = None, ifm: dict | None = None, num_val: int | None = None,
-          name: str | None = None, dataset: str = "cifar10") -> None:
+          name: str | None = None, dataset: str = "cifar10", recipe: str | None = None) -> None:
     """A kNN or linear record (`name`: the linear protocol name; None writes none, as old records did)."""
     settings = ({"k": 200, "temperature": 0.1, "image_size": 32} if protocol == "knn" else
                 {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "batch_size": 256, "weight_decay": 0.0,
-                 "augment": name == "linear", "image_size": 32, **({"name": name} if name else {})})
+                 "augment": name == "linear", "image_size": 32, **({"name": name} if name else {}),
+                 **({"recipe": recipe} if recipe else {})})
     tag = protocol if name is None else f"{protocol}-{name}"
     folder = f"{run_dir.name if run_dir else f'random-init-s{seed}'}-{tag}-{dataset}"
     _write(runs / "eval" / folder / "record.json", {
@@ -318,7 +319,7 @@ def test_bad_baselines_file(tmp_path: Path) -> None:
 
 def test_shipped_baselines_parse_with_sources() -> None:
     rows = read_baselines(DEFAULT_BASELINES)
-    assert len(rows) == 48
+    assert len(rows) == 49
     assert all(r.source for r in rows)
     voc = {(r.method, r.epochs): dict(r.metrics) for r in rows if r.protocol == "VOC07+12 R50-C4 24k"}
     assert voc[("MoCo v2", "800")] == {"AP": 57.4, "AP50": 82.5, "AP75": 64.0}

@@ -34,7 +34,8 @@ from tests.reporting.test_tables import (
 HEADER = BASELINES.splitlines()[0]
 PUBLISHED = HEADER + """
 classification,BYOL,cifar10,1000,resnet18,cifar10,online-linear,,,,,,92.58,%,,solo-learn README
-classification,Someone,cifar10,100,resnet18,cifar10,linear,,,,,,90.00,%,,Paper Y
+classification,Someone,cifar10,100,resnet18,cifar10,linear solo-learn,,,,,,90.00,%,,Paper Y
+classification,Nobody,cifar10,100,resnet18,cifar10,linear,,,,,,91.00,%,,Paper W
 classification,Other,cifar10,100,resnet18,cifar10,knn k=20 T=0.1,,,,,,80.00,%,,Paper Z
 classification,BYOL,cifar100,1000,resnet18,cifar100,online-linear,,,,,,70.46,%,,solo-learn README
 """
@@ -131,12 +132,18 @@ def test_online_linear_rows_and_published_rows_of_the_same_protocol(pair, baseli
         in md
     for name, meaning in PROTOCOL_MEANING.items():
         assert f"{name}: {meaning}" in md
-    # a probe named "linear" (the offline standard protocol) gets the published linear row beside it
-    _eval(root, "linear", base, 0, 89.0, num_val=10000, name="linear")
+    # a probe named "linear" (the offline standard protocol) of another recipe gets no published linear row ...
+    _eval(root, "linear", base, 0, 89.0, num_val=10000, name="linear", recipe="moco")
+    _make(root, tmp_path / "m", baselines)
+    rows = _rows(tmp_path / "m" / "classification.csv")
+    assert [(r["protocol"], r["method"]) for r in rows if r["from"] == "published"] == [("online-linear", "BYOL")]
+    # ... one of the row's recipe does; a published linear row that names no recipe sits beside none
+    _eval(root, "linear", base, 0, 89.0, num_val=10000, name="linear", recipe="solo-learn")
     _make(root, tmp_path / "b", baselines)
     rows = _rows(tmp_path / "b" / "classification.csv")
     assert [(r["protocol"], r["method"]) for r in rows if r["from"] == "published"] == [
         ("linear", "Someone"), ("online-linear", "BYOL")]
+    assert ("solo-learn, 100 ep, sgd, lr 0.1, aug") in {r["eval_settings"] for r in rows if r["from"] == "ours"}
     assert {r["protocol"] for r in rows if r["from"] == "ours"} == {"knn", "linear", "linear-cached", "online-linear"}
 
 
@@ -150,7 +157,7 @@ def test_unknown_linear_protocol_is_rejected_with_its_field(pair, baselines: Pat
 
 def test_bad_published_protocol_is_one_clear_error(tmp_path: Path) -> None:
     bad = _write(tmp_path / "b.csv", PUBLISHED.replace("knn k=20 T=0.1", "probe k=20"))
-    with pytest.raises(UserError, match=r"line 4, column protocol: 'probe k=20' does not start with a classification"):
+    with pytest.raises(UserError, match=r"line 5, column protocol: 'probe k=20' does not start with a classification"):
         read_baselines(bad)
     assert split_protocol("kNN k=200  T=0.1") == ("knn", "k=200 T=0.1")
 
@@ -221,7 +228,60 @@ def test_shipped_baselines_name_their_protocols() -> None:
     assert dict(by[("BYOL", "cifar10", "solo-learn README")].metrics)["top1"] == 92.58
     assert {r.protocol_name for r in rows if r.source == "solo-learn README" and r.dataset.startswith("cifar")} \
         == {"online-linear"}
-    assert by[("BYOL", "imagenet100", "solo-learn README")].protocol_name == "linear"
-    # Un-Mix's CIFAR numbers are the kNN monitor (k=200, T=0.1) of the MoCo CIFAR demo it builds on
+    i100 = by[("BYOL", "imagenet100", "solo-learn README")]
+    # its linear recipe: scripts/linear/imagenet-100/*.yaml @ 9187ea3 (pretrain/evaluation/recipes.py)
+    assert (i100.protocol_name, i100.settings) == ("linear", "solo-learn-imagenet100")
+    from pretrain.evaluation.recipes import RECIPES
+
+    # every published linear row names a recipe (one of ours, or its own that no run of ours can match)
+    assert {r.settings for r in rows if r.protocol_name == "linear"} <= {*RECIPES, "pycontrast"}
+    # Un-Mix's CIFAR numbers are the kNN monitor (k=200, T=0.1) of the MoCo CIFAR demo it builds on, on the 128-d
+    # output of its head (szq0214/Un-Mix: its kNN monitor feeds the model's normalised output, SplitBN ResNet)
     unmix = by[("MoCo + Un-Mix", "cifar10", "szq0214/Un-Mix README")]
     assert (unmix.protocol_name, unmix.settings) == ("knn", "k=200 T=0.1")
+    assert unmix.marks == ("kNN on the 128-d head output of a SplitBN ResNet",)
+    # lightly's benchmark table reports the highest kNN accuracy over all epochs (lightly docs benchmarks page)
+    assert {r.marks for r in rows if r.source == "lightly docs benchmarks page"} == {("max over epochs",)}
+    # MoCo's main_lincls.py (MixMask ships it) and SimSiam's keep the best epoch (`best_acc1`)
+    simsiam = by[("SimSiam", "imagenet1k", "facebookresearch/simsiam README")]
+    assert (simsiam.settings, simsiam.marks, dict(simsiam.metrics)["top1"], simsiam.epochs) == (
+        "simsiam", ("best epoch",), 68.1, "100")
+    # SimSiam's Table 5 (arXiv 2011.10566): every unsupervised row is a 200-epoch pretraining
+    coco = [r for r in read_baselines(DEFAULT_BASELINES) if r.protocol == "COCO17 Mask R50-C4 90k"
+            and r.method in ("MoCo v2", "BYOL", "SimSiam")]
+    assert len(coco) == 3 and {r.epochs for r in coco} == {"200"}
+
+
+def test_published_protocol_marks_show_in_every_output(pair, tmp_path: Path) -> None:
+    """A published row's marks (how its protocol differs from ours) sit in its settings cell in Markdown, LaTeX
+    and CSV, and in its plot label."""
+    root, _, _ = pair
+    marked = _write(tmp_path / "m.csv", HEADER + ",marks\nclassification,Lightly BYOL,cifar10,800,resnet18,cifar10,"
+                    "knn k=200 T=0.1,,,,,,0.910,fraction,batch 512,lightly docs,max over epochs; blur off\n")
+    result = _make(root, tmp_path / "out", marked, plots=True)
+    text = "k=200 T=0.1 [max over epochs; blur off]"
+    assert f"| cifar10 | knn | {text} | R18 | Lightly BYOL (published) |" in (tmp_path / "out" / "classification.md"
+                                                                              ).read_text()
+    assert text.replace("[", "{[}").replace("]", "{]}") in (tmp_path / "out" / "classification.tex").read_text() or \
+        text in (tmp_path / "out" / "classification.tex").read_text()
+    assert text in {r["eval_settings"] for r in _rows(tmp_path / "out" / "classification.csv")}
+    assert "Lightly BYOL (800 ep, max over epochs, blur off)" in [b["label"] for b in result.tables["classification"].bars]
+
+
+def test_a_published_online_linear_row_never_sits_beside_masked_views_only(baselines: Path, tmp_path: Path) -> None:
+    """solo-learn's online classifier saw unmasked views; a +RIM run's classifier on masked views (every record
+    before ONLINE_LINEAR.VIEWS, and `masked` since) is marked and gets no published row; a `clean` one does."""
+    def published(online: dict, name: str) -> tuple[list, dict]:
+        root = tmp_path / name
+        _pretrain(root, "byol-rim", 0, RIM_ON, OFF_IFM, 30.0, online=online)
+        _make(root, tmp_path / f"{name}-out", baselines)
+        rows = _rows(tmp_path / f"{name}-out" / "classification.csv")
+        ours = next(r for r in rows if r["from"] == "ours" and r["protocol"] == "online-linear")
+        return [r["method"] for r in rows if r["from"] == "published" and r["protocol"] == "online-linear"], ours
+
+    beside, ours = published(ONLINE, "old")  # no "views": an old record, masked under RIM
+    assert beside == [] and ours["eval_settings"] == "during pretraining, lr 0.1, masked views"
+    beside, ours = published({**ONLINE, "views": "masked"}, "masked")
+    assert beside == [] and ours["eval_settings"].endswith(", masked views")
+    beside, ours = published({**ONLINE, "views": "clean"}, "clean")
+    assert beside == ["BYOL"] and ours["eval_settings"] == "during pretraining, lr 0.1"

@@ -186,6 +186,14 @@ def test_pretrain_writer_round_trips(tmp_path: Path) -> None:
     # the keys of before the schema, plus the training time (the monitor's fields only when it ran)
     assert set(written) - {"schema_version", "train_time_s"} == set(LEGACY["pretrain"])
     assert written["train_time_s"] == 2.0
+    assert written["dataset"]["name"] == "synthetic" and "format" not in written["dataset"]
+    # DATA.NAME names the dataset for the tables (an imagefolder copy of ImageNet-100 as the published rows' key)
+    cfg.DATA.DATASET, cfg.DATA.NAME = "imagefolder", "imagenet100"
+    named = pretrain_record(cfg, out_dir=tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "last.pth",
+                            steps=6, images=24, world_size=1, device=torch.device("cpu"), precision="fp32",
+                            history=history, wall_time_s=1.5, code_version="test")
+    assert (named["dataset"]["name"], named["dataset"]["format"]) == ("imagenet100", "imagefolder")
+    assert read_record(write_record(tmp_path / "named" / "record.json", named)).dataset["name"] == "imagenet100"
 
 
 @pytest.mark.parametrize("per_dataset", [False, True])

@@ -8,6 +8,7 @@ import os
 import runpy
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from pretrain.evaluation.accuracy import topk_accuracy
 from pretrain.evaluation.knn import knn_evaluate, knn_predict
 from pretrain.evaluation.linear import train_linear
+from rimifm.errors import UserError
 from rimifm.schemas import SCHEMA_VERSION, validate_record
 from tests.helpers import REPO, make_image_folder, run_main
 
@@ -155,13 +157,15 @@ def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path, cli):
     assert len(cached) == 2
     mtimes = [p.stat().st_mtime_ns for p in cached]
 
-    r = cli(*common, "--protocol", "linear-cached", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin")
+    r = cli(*common, "--protocol", "linear-cached", "--epochs", "30", "--lr", "0.5", "--out", tmp_path / "lin",
+            "--dataset-name", "imagenet100")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("loaded from cache") == 2 and "features: train computed" not in r.stdout
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     rec = _record(tmp_path / "lin")
     assert rec["kind"] == "linear" and rec["metrics"]["top1"] > 60.0 and rec["metrics"]["top5"] is None
     assert rec["protocol"]["name"] == "linear-cached"
+    assert rec["dataset"] == "imagenet100" and _record(tmp_path / "knn")["dataset"] == "imagefolder"  # --dataset-name
     assert rec["config_hash"] != _record(tmp_path / "knn")["config_hash"]
 
     # the published protocol: solo-learn's recipe (the imagefolder default is MoCo's), shortened -> "-modified"
@@ -171,6 +175,7 @@ def test_cli_random_init_knn_and_linear_with_cache(colour_data, tmp_path, cli):
     assert "recipe solo-learn-modified" in r.stdout and "loaded from cache" not in r.stdout
     proto = _record(tmp_path / "std")["protocol"]
     assert proto["name"] == "linear" and proto["recipe"] == "solo-learn-modified" and proto["epochs"] == 2
+    assert proto["report"] == "last" and "best_epoch" not in _record(tmp_path / "std")["metrics"]
     assert proto["schedule"] == "step" and proto["milestones"] == [60, 80] and "solo-learn" in proto["source"]
 
 
@@ -194,6 +199,51 @@ def test_linear_recipes_equal_their_sources():
     assert resolve_recipe({"dataset": "imagefolder"})[1] == "moco"
     assert resolve_recipe({"dataset": "imagefolder", "lr": 30.0})[1] == "moco"  # the recipe's own value
     assert resolve_recipe({"dataset": "imagefolder", "epochs": 5})[1] == "moco-modified"
+    # solo-learn scripts/linear/imagenet-100/byol.yaml @ 9187ea3: sgd, batch_size 256, lr 0.3 (x batch/256 in
+    # solo/args/linear.py), weight_decay 0, max_epochs 100, step scheduler lr_decay_steps [60, 80]
+    i100 = RECIPES["solo-learn-imagenet100"]
+    assert (i100.optimizer, i100.lr, i100.scale_lr, i100.batch_size, i100.weight_decay, i100.epochs,
+            i100.milestones, i100.report) == ("sgd", 0.3, True, 256, 0.0, 100, (60, 80), "last")
+    # which epoch is reported: MoCo's main_lincls.py (moco @ 7397dfe) and SimSiam's (simsiam @ a7bc177) keep
+    # `best_acc1 = max(acc1, best_acc1)` over the per-epoch validations; solo-learn reports its last epoch
+    assert (moco.report, simsiam.report, solo.report) == ("best", "best", "last")
+    assert resolve_recipe({"dataset": "imagefolder", "report": "last"}) == (replace(moco, report="last"), "moco")
+    with pytest.raises(UserError, match="unknown --report 'max'"):
+        resolve_recipe({"dataset": "imagefolder", "report": "max"})
+
+
+def test_a_best_epoch_recipe_reports_its_best_validation_epoch(monkeypatch, tmp_path):
+    """--report best: the best of the per-epoch validations is the reported top-1, with its epoch and the last
+    epoch's top-1 beside it; last reports the end of training."""
+    import torch.nn as nn
+
+    from pretrain.evaluation import run as run_module
+    from pretrain.evaluation.datasets import EvalSplits
+    from pretrain.evaluation.recipes import RECIPES
+
+    val = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    heads = [torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])]  # right, then wrong
+
+    def fake_train(backbone, dataset_for_epoch, dim, classes, recipe, seed, workers, device, after_epoch=None):
+        head = nn.Linear(2, 2, bias=False)
+        for epoch, w in enumerate(heads):
+            head.weight.data.copy_(w)
+            if after_epoch is not None:
+                after_epoch(epoch, head)
+        return head
+
+    monkeypatch.setattr(run_module, "train_linear_recipe", fake_train)
+    monkeypatch.setattr(run_module, "extract_features", lambda *a, **k: (val, labels))
+    splits = EvalSplits(train=[], val=[], num_classes=2, name="x", identity="x")
+    src = type("Src", (), {"mean": (0.5,) * 3, "std": (0.5,) * 3})()
+    args = {"dataset": "imagefolder", "recipe": "moco"}
+    metrics, settings, n = run_module._recipe_probe(args, None, src, splits, 8, torch.device("cpu"), lambda m: None)
+    assert metrics["top1"] == 100.0 and metrics["best_epoch"] == 1.0 and metrics["top1_last"] == 0.0
+    assert settings["report"] == "best" and n == 4 and RECIPES["moco"].epochs == 100
+    metrics, settings, _ = run_module._recipe_probe({**args, "report": "last"}, None, src, splits, 8,
+                                                    torch.device("cpu"), lambda m: None)
+    assert metrics["top1"] == 0.0 and "best_epoch" not in metrics and settings["report"] == "last"
 
 
 def test_recompute_bn_gives_the_clean_batch_statistics():
