@@ -204,16 +204,27 @@ class Study:
                engine: str = "auto") -> Path:
         """Fine-tune and evaluate the detector from converted weights, or from random init (pkl None).
 
-        The folder is named after the backbone, the config and (a short hash of) the overrides, so that other
-        overrides never reuse a run."""
-        out = self.plan.out / "detection" / f"{name}-{Path(config).stem}{opts_tag(opts)}"
+        The folder is named after the backbone, the config, (a short hash of) the overrides and of the scene set
+        trained and tested on, so that other overrides or other scenes never reuse a run."""
+        out = self.plan.out / "detection" / f"{name}-{Path(config).stem}{opts_tag(opts)}{self.scenes_tag()}"
         if not self.steps.start(f"detection fine-tune of {name} ({Path(config).name}) -> {out}", out):
             self.steps.run(["detection/train_net.py", "--config", config, "--engine", engine, "MODEL.WEIGHTS",
                             str(pkl) if pkl is not None else "", "OUTPUT_DIR", str(out), "SEED", str(seed), *opts])
         return out
 
     def scenes_folder(self) -> Path:
-        return Path(self.plan.scenes or Path(dataset_root()) / FMNIST_SCENES_FOLDER)
+        """Where the detection step's Fashion-MNIST scenes are: the plan's, an RIMIFM.SCENES_ROOT of the detection
+        overrides, or the configs' default."""
+        root = dict(zip(self.plan.det_opts[0::2], self.plan.det_opts[1::2])).get("RIMIFM.SCENES_ROOT")
+        return Path(self.plan.scenes or root or Path(dataset_root()) / FMNIST_SCENES_FOLDER)
+
+    def scenes_tag(self) -> str:
+        """'-sc' and a short hash of the scene set's meta.json (its settings and source digest) when the detection
+        config uses the Fashion-MNIST scenes, else ''."""
+        meta = self.scenes_folder() / "meta.json"
+        if not (self.plan.detection and self._needs_scenes() and meta.is_file()):
+            return ""
+        return "-sc" + hashlib.sha256(meta.read_bytes()).hexdigest()[:8]
 
     def make_scenes(self) -> None:
         """The Fashion-MNIST scenes from the recipe's own IDX files (DATA.ROOT); the generator reuses a set made
@@ -342,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra", nargs="+", action="append", default=[], metavar="NAME KEY VALUE",
                    help="one more variant row: a name, then its overrides, e.g. --extra rim-r50 RIM.ENABLED true "
                         "RIM.RATIO 0.5 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="pretraining epochs of every run (default: the recipe's TRAIN.EPOCHS); the study's size: "
+                        "fmnist_cpu_byol.yaml's 5 take about 3 hours on a slow 2-core machine, --epochs 2 about one. "
+                        "The default folders get an -eN suffix")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.1, help="kNN temperature (default 0.1)")
     p.add_argument("--test", choices=TESTS, default="paired-t",
@@ -364,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXAMPLES = """examples:
   python tools/study.py --config fmnist_cpu_byol.yaml --seeds 0 1 2 DATA.ROOT /usr/share/datasets/fashion-mnist
+  python tools/study.py --config fmnist_cpu_byol.yaml --epochs 2 DATA.ROOT /usr/share/datasets/fashion-mnist
   python tools/study.py --config fmnist_cpu_byol.yaml --detection fmnist_scenes.yaml DATA.ROOT /usr/share/datasets/fashion-mnist
   python tools/study.py --config fmnist_cpu_simsiam.yaml --seeds 0 1 2 --extra rim-r50 RIM.ENABLED true RIM.RATIO 0.5
 """
@@ -384,9 +400,15 @@ def plan_from_args(a: argparse.Namespace, command: str) -> Plan:
         if name in VARIANTS or not name.replace("-", "").isalnum():
             raise UserError(f"--extra name {name!r}: use letters, digits and '-', not one of {', '.join(VARIANTS)}")
         variants.append((name, pairs))
-    stem = Path(a.config).stem
+    stem, opts = Path(a.config).stem, tuple(a.opts)
+    if a.epochs is not None:
+        if a.epochs < 1:
+            raise UserError(f"--epochs {a.epochs}: give at least 1 pretraining epoch")
+        if "TRAIN.EPOCHS" in opts[0::2]:
+            raise UserError("--epochs and a TRAIN.EPOCHS override both set the pretraining length; keep one")
+        stem, opts = f"{stem}-e{a.epochs}", (*opts, "TRAIN.EPOCHS", str(a.epochs))
     return Plan(config=a.config, seeds=list(dict.fromkeys(a.seeds)), out=Path(a.out or f"outputs/study/{stem}"),
-                results=Path(a.results or f"results/study/{stem}"), variants=variants, opts=tuple(a.opts),
+                results=Path(a.results or f"results/study/{stem}"), variants=variants, opts=opts,
                 k=a.k, temperature=a.temperature, test=a.test, supervised=a.supervised, command=command,
                 detection=a.detection, det_opts=tuple(a.det_opts))
 

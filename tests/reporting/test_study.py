@@ -146,6 +146,13 @@ def test_overrides_may_follow_the_seeds_and_extra_variants_keep_their_own():
     a.detection = ""
     with pytest.raises(UserError, match="--det-opts without --detection CONFIG"):
         plan_from_args(a, "")
+    # --epochs sizes every pretraining run and gives the default folders their own name
+    a = build_parser().parse_args(["--config", "fmnist_cpu_byol.yaml", "--epochs", "2"])
+    plan = plan_from_args(a, "")
+    assert plan.opts == ("TRAIN.EPOCHS", "2") and plan.out.name == plan.results.name == "fmnist_cpu_byol-e2"
+    a.opts = ["TRAIN.EPOCHS", "3"]
+    with pytest.raises(UserError, match="--epochs and a TRAIN.EPOCHS override"):
+        plan_from_args(a, "")
 
 
 def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overrides(tmp_path):
@@ -211,3 +218,19 @@ def test_one_seed_transfer_uses_the_bootstrap_se(tmp_path):
     assert base[9] == "SE" and float(base[15]) == pytest.approx(math.hypot(1.5, 1.5), abs=1e-3)
     assert base[17] == "beyond 2 SE"  # 5.0 > 2 x 2.12
     assert "50.00 ± 1.50 (SE)" in text
+
+
+def test_detection_runs_are_named_after_their_scene_set(tmp_path):
+    """A detection step made on other Fashion-MNIST scenes (other sizes, seed or source) is never reused."""
+    from demo.study import VARIANTS, Plan, Study
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    study = Study(Plan(config="fmnist_cpu_byol.yaml", seeds=[0], out=tmp_path / "o", results=tmp_path / "r",
+                       variants=list(VARIANTS.items()), test="none", detection="fmnist_scenes.yaml",
+                       det_opts=("RIMIFM.SCENES_ROOT", str(scenes))))
+    assert study.scenes_folder() == scenes and study.scenes_tag() == ""  # not made yet
+    (scenes / "meta.json").write_text('{"sizes": {"trainval": 300, "test": 2000}}\n')
+    first = study.scenes_tag()
+    (scenes / "meta.json").write_text('{"sizes": {"trainval": 500, "test": 500}}\n')
+    assert first.startswith("-sc") and study.scenes_tag() not in ("", first)
