@@ -214,8 +214,10 @@ class Study:
 
     def scenes_folder(self) -> Path:
         """Where the detection step's Fashion-MNIST scenes are: the plan's, an RIMIFM.SCENES_ROOT of the detection
-        overrides, or the configs' default."""
+        overrides or of the config itself, or the configs' default."""
         root = dict(zip(self.plan.det_opts[0::2], self.plan.det_opts[1::2])).get("RIMIFM.SCENES_ROOT")
+        if not root and self.plan.detection:  # the config's own
+            root = (read_detection_config(self.plan.detection).get("RIMIFM") or {}).get("SCENES_ROOT")
         return Path(self.plan.scenes or root or Path(dataset_root()) / FMNIST_SCENES_FOLDER)
 
     def scenes_tag(self) -> str:

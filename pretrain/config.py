@@ -71,8 +71,8 @@ def get_default_config() -> CfgNode:
 
     c.DATA = CfgNode()
     c.DATA.DATASET = "synthetic"  # synthetic | imagefolder | cifar10 | cifar100 | idx (MNIST family)
-    # the dataset as records and tables name it ("" = DATA.DATASET): e.g. Fashion-MNIST, or imagenet100 for an
-    # imagefolder copy of ImageNet-100, so that the published rows of that key (results/baselines.csv) sit beside it
+    # the dataset as reports title it (e.g. Fashion-MNIST); for an imagefolder run also its name in the records and
+    # tables (e.g. imagenet100, so that the published rows of that key in results/baselines.csv sit beside it)
     c.DATA.NAME = ""
     c.DATA.ROOT = "datasets/synthetic"
     c.DATA.LIMIT = 0  # pretrain on the first N training images only (0 = all; the kNN bank keeps them all)

@@ -38,8 +38,11 @@ _NON_RECIPE_KEYS = {
     "SEED", "OUTPUT_DIR", "RIM", "IFM", "DATA.ROOT", "DATA.NUM_WORKERS", "DATA.KNN_TRAIN", "DATA.KNN_VAL",
     "TRAIN.DEVICE", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD", "TRAIN.CHECKPOINT_PERIOD_STEPS",
     "TRAIN.KNN_PERIOD", "TRAIN.KNN_K", "TRAIN.KNN_T", "TRAIN.PROGRESS", "TRAIN.TENSORBOARD",
-    "TRAIN.KNN_BANK", "TRAIN.KNN_QUERIES", "TRAIN.KNN_PERIOD_STEPS",
+    "TRAIN.KNN_BANK", "TRAIN.KNN_QUERIES", "TRAIN.KNN_PERIOD_STEPS", "ONLINE_LINEAR.VIEWS", "ONLINE_LINEAR.BN_IMAGES",
 }
+#: keys added to the config after records existed, at the value those records trained with: at that value they
+#: are left out of the recipe hash, so a record from before the key and one from after pool together
+_ADDED_AT_OLD_VALUE = {"BYOL.LOSS_SCALE": "sum"}
 
 
 def canon_backbone(name: Any) -> str:
@@ -156,7 +159,8 @@ def _pretraining_of(rec: PretrainRecord) -> Pretraining:
     if isinstance(rec.config, dict):
         flat = _flatten(rec.config)
         recipe = stable_hash({k: v for k, v in flat.items()
-                              if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS})
+                              if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS
+                              and not (k in _ADDED_AT_OLD_VALUE and v == _ADDED_AT_OLD_VALUE[k])})
     return Pretraining(rec.method.lower(), canon_backbone(rec.backbone), name, str(rec.epochs),
                        normalise_knobs(rec.rim, "rim"), normalise_knobs(rec.ifm, "ifm"), recipe)
 
@@ -206,6 +210,8 @@ def run_of(path: Path, rec: Record) -> Run:
             detail = f"k={settings['k']} T={float(settings['temperature']):g}"
         else:
             name = linear_protocol_name(settings)
+            if name == "linear":  # records from before --report reported the last epoch
+                settings = {**settings, "report": settings.get("report") or "last"}
             detail = "{}{} ep, {}, lr {:g}{}{}".format(
                 f"{settings['recipe']}, " if name == "linear" and settings.get("recipe") else "",
                 settings.get("epochs", "?"), settings.get("optimizer", "?"), float(settings.get("lr") or 0),

@@ -123,7 +123,9 @@ def classification_table(runs: list[Run], published: list[Published], label: Lab
                    "data and epochs, same evaluation). " + NOISE_NOTE,
                    "Protocols: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOL_MEANING.items()) + ".",
                    "Published rows sit only beside our runs of the same dataset, backbone and protocol name (and "
-                   "the same settings where the published row names them). " + PUBLISHED_NOTE]
+                   "the same settings where the published row names them; a published linear row names its recipe "
+                   "and an online-linear one needs a run whose classifier saw unmasked views). Marks in brackets "
+                   "say how a published protocol differs from ours. " + PUBLISHED_NOTE]
     return table
 
 

@@ -35,16 +35,33 @@ def cumulative_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.
 def frozen_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
                          ) -> Iterator[list[nn.Module]]:
     """Training-mode BN layers of `model` normalise with their batch's statistics but leave their running ones
-    as they are while the block runs (momentum 0); their momenta are restored afterwards."""
+    (means, variances and batch counts) as they are while the block runs (momentum 0, the counts restored)."""
     bns = [m for m in model.modules() if isinstance(m, bn_types) and m.training and m.track_running_stats]
     momenta = [m.momentum for m in bns]
+    counts = [m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None for m in bns]
     for m in bns:
         m.momentum = 0.0
     try:
         yield bns
     finally:
-        for m, momentum in zip(bns, momenta):
+        for m, momentum, count in zip(bns, momenta, counts):
             m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
-__all__ = ["cumulative_bn_statistics", "frozen_bn_statistics"]
+def local_batch_norm(model: nn.Module) -> nn.Module:
+    """`model` with every SyncBatchNorm replaced by a BatchNorm2d holding the same parameters and statistics, so
+    that one process can run it in training mode alone (SyncBatchNorm would wait for the others). In place."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(model, name, bn.to(next(child.buffers()).device))
+        else:
+            local_batch_norm(child)
+    return model
+
+
+__all__ = ["cumulative_bn_statistics", "frozen_bn_statistics", "local_batch_norm"]

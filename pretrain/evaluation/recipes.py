@@ -65,7 +65,7 @@ RECIPES = {
 }
 #: the recipe `--protocol linear` uses when none is named: solo-learn's for small images, MoCo's otherwise
 DEFAULT_RECIPE = {"cifar10": "solo-learn", "cifar100": "solo-learn", "idx": "solo-learn", "synthetic": "solo-learn",
-                  "imagefolder": "moco"}
+                  "imagefolder": "moco", "imagenet100": "solo-learn-imagenet100"}  # the last by --dataset-name
 
 
 REPORTS = ("best", "last")
@@ -75,7 +75,8 @@ def resolve_recipe(args: dict) -> tuple[LinearRecipe, str]:
     """The recipe of a `linear` evaluation and its recorded name; explicit --epochs/--lr/--batch-size/
     --weight-decay replace the recipe's values and make the name '<recipe>-modified'. --report (which epoch is
     reported) replaces the recipe's too, without renaming it: the record keeps it beside the recipe."""
-    name = args.get("recipe") or DEFAULT_RECIPE.get(args["dataset"], "moco")
+    name = args.get("recipe") or DEFAULT_RECIPE.get(args.get("dataset_name") or "", "") or \
+        DEFAULT_RECIPE.get(args["dataset"], "moco")
     if name not in RECIPES:
         raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
     recipe = RECIPES[name]
@@ -110,12 +111,14 @@ def make_head(dim: int, num_classes: int, recipe: LinearRecipe) -> nn.Linear:
 @torch.no_grad()
 def recompute_bn(backbone: nn.Module, dataset: Dataset, images: int, batch_size: int, workers: int,
                  device: torch.device) -> int:
-    """Re-estimate the backbone's BN running statistics on the first `images` clean images of `dataset`
-    (precise BN: an equal-weight average over the batches); returns how many images were used."""
+    """Re-estimate the backbone's BN running statistics on `images` clean images of `dataset` spread evenly over
+    it (an image folder lists its images class by class: its first ones would be a few classes), as precise BN
+    does: an equal-weight average over the batches; returns how many images were used."""
     if images < 1:
         raise UserError(f"--recompute-bn-images must be >= 1 (got {images})")
     n = min(images, len(dataset))
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=workers)
+    spread = [(i * len(dataset)) // n for i in range(n)]
+    loader = DataLoader(Subset(dataset, spread), batch_size=batch_size, shuffle=False, num_workers=workers)
     was_training = backbone.training
     backbone.train()
     with cumulative_bn_statistics(backbone):

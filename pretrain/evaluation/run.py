@@ -67,6 +67,9 @@ def _check_options(args: dict) -> None:
         raise UserError(f"--epochs must be >= 1 for the linear probe (got {args.get('epochs')})")
     if args["protocol"] == "linear":
         resolve_recipe(args)  # an unknown --recipe stops here
+    elif args.get("report") is not None:
+        raise UserError(f"--report chooses the reported epoch of --protocol linear; {args['protocol']} has no epochs "
+                        "to choose from (drop --report)")
     if args.get("image_size") is not None and args["image_size"] < 8:
         raise UserError(f"--image-size must be >= 8 (got {args['image_size']})")
 

@@ -29,7 +29,8 @@ VIEW_SCALES = {"byol": 1.0, "simsiam": 0.5}
 #: BYOL.LOSS_SCALE: `sum` (the default, above) or `mean`, the scale solo-learn's BYOL had when its README's
 #: CIFAR numbers were made (solo-learn fca55e3, 2021-07-09: `loss(p1, z2) / 2 + loss(p2, z1) / 2`; summed
 #: from 365f2aa, 2021-07-14, with the README numbers unchanged). With LARS, whose trust ratio skips biases and
-#: BN, halving the loss halves their steps but not the other weights': the two scales train differently.
+#: BN, halving the loss roughly halves their steps while the trust ratio largely cancels it for the other
+#: weights (not wholly: weight decay and LR clipping enter the ratio): the two scales train differently.
 LOSS_SCALES = {"sum": 1.0, "mean": 0.5}
 
 

@@ -139,9 +139,11 @@ class Siamese(nn.Module):
             ifm_loss = self._ifm_loss((h1, h2, z1, z2), (th1, th2, tz1, tz2), t_projector, ifm_seed)
             loss = base + self.ifm.weight * ifm_loss
             out["ifm_loss"] = ifm_loss.detach()
-        if self.classifier is not None and labels is not None and bool((labels >= 0).any()):
+        # the clean pass runs on every process that got labels, labelled or not, as SyncBN exchanges need
+        f1, f2 = self.classifier_features(v1, v2, h1, h2) if self.classifier is not None and labels is not None \
+            else (None, None)
+        if f1 is not None and bool((labels >= 0).any()):
             labels = labels.to(h1.device)
-            f1, f2 = self.classifier_features(v1, v2, h1, h2)
             ce = 0.5 * (F.cross_entropy(self.classifier(f1), labels, ignore_index=-1)
                         + F.cross_entropy(self.classifier(f2), labels, ignore_index=-1))
             loss = loss + ce

@@ -33,6 +33,7 @@ from rimifm.distributed import Distributed
 from rimifm.errors import UserError
 from rimifm.events import JsonLinesLog
 from rimifm.io import atomic_torch_save, atomic_write_text, clean_stale_tmp, load_checkpoint
+from rimifm.precise_bn import local_batch_norm
 from rimifm.records import code_version, write_record
 from rimifm.seeding import STREAM_IFM, STREAM_RIM, step_seed
 
@@ -408,7 +409,7 @@ class PretrainRun:
         if not (cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "clean"):
             return None
         d = cfg.DATA
-        backbone = copy.deepcopy(self.model.backbone)
+        backbone = local_batch_norm(copy.deepcopy(self.model.backbone))  # this process alone: no SyncBN exchange
         recompute_bn(backbone, EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD), cfg.ONLINE_LINEAR.BN_IMAGES,
                      max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
         return backbone

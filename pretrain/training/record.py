@@ -15,7 +15,13 @@ def _online_linear(cfg, result: dict | None) -> dict | None:
         return None
     views = "masked" if cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "masked" else "clean"
     return {"top1": result["top1"], "top5": result.get("top5"), "num_val": result["num_val"],
-            "lr": cfg.ONLINE_LINEAR.LR, "dataset": cfg.DATA.NAME or cfg.DATA.DATASET, "views": views}
+            "lr": cfg.ONLINE_LINEAR.LR, "dataset": dataset_key(cfg), "views": views}
+
+
+def dataset_key(cfg) -> str:
+    """The dataset's name in records and tables: DATA.DATASET, or DATA.NAME for an imagefolder run (whose format
+    says nothing of what it holds: DATA.NAME imagenet100 meets the published ImageNet-100 rows)."""
+    return cfg.DATA.NAME if cfg.DATA.DATASET == "imagefolder" and cfg.DATA.NAME else cfg.DATA.DATASET
 
 
 #: history entries that are not end-of-run metrics (they have fields of their own, or none)
@@ -33,8 +39,8 @@ def pretrain_record(cfg, *, out_dir: Path, checkpoint: Path, steps: int, images:
         rim={k.lower(): v for k, v in merged["RIM"].items()},
         ifm={k.lower(): v for k, v in merged["IFM"].items()},
         backbone=cfg.MODEL.BACKBONE,
-        dataset={"name": cfg.DATA.NAME or cfg.DATA.DATASET, "root": cfg.DATA.ROOT, "images": images,
-                 **({"format": cfg.DATA.DATASET} if cfg.DATA.NAME else {})},
+        dataset={"name": dataset_key(cfg), "root": cfg.DATA.ROOT, "images": images,
+                 **({"format": cfg.DATA.DATASET} if dataset_key(cfg) != cfg.DATA.DATASET else {})},
         epochs=cfg.TRAIN.EPOCHS,
         steps=steps,
         seed=cfg.SEED,

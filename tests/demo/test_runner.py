@@ -47,8 +47,7 @@ def test_quick_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path, cap
     assert kinds.count("pretrain") == 2 and kinds.count("knn") == 4 and kinds.count("linear") == 0
     assert not (tmp_path / "data").exists() and (tmp_path / "scenes" / "meta.json").is_file()
     assert kinds.count("detection") == 3
-    pre = {k: r for k, r in records.items() if r["kind"] == "pretrain" and r["dataset"]["name"] == "Fashion-MNIST"
-           and r["dataset"]["format"] == "idx"}  # DATA.NAME of the recipe
+    pre = {k: r for k, r in records.items() if r["kind"] == "pretrain" and r["dataset"]["name"] == "idx"}
     switches = sorted((r["rim"]["enabled"], r["ifm"]["enabled"]) for r in pre.values())
     assert switches == [(False, False), (True, True)]
     assert all(r["backbone"] == "resnet_tiny" and r["dataset"]["images"] == 96 for r in pre.values())  # DATA.LIMIT

@@ -285,3 +285,25 @@ def test_a_published_online_linear_row_never_sits_beside_masked_views_only(basel
     assert beside == [] and ours["eval_settings"].endswith(", masked views")
     beside, ours = published({**ONLINE, "views": "clean"}, "clean")
     assert beside == ["BYOL"] and ours["eval_settings"] == "during pretraining, lr 0.1"
+
+
+def test_records_from_before_a_config_key_pool_with_runs_at_its_old_value(tmp_path: Path) -> None:
+    """BYOL.LOSS_SCALE (added at `sum`, what earlier runs trained with) and the online classifier's views (which
+    do not change the backbone) leave a run's recipe identity alone; `mean` is another recipe."""
+    import json
+
+    from reporting.runs import load_runs
+
+    root = tmp_path / "runs"
+    paths = []
+    for seed, extra in ((0, {}), (1, {"BYOL": {"LOSS_SCALE": "sum"}, "ONLINE_LINEAR": {"VIEWS": "clean"}}),
+                        (2, {"BYOL": {"LOSS_SCALE": "mean"}})):
+        out = _pretrain(root, "byol", seed, OFF_RIM, OFF_IFM, 30.0)
+        rec = json.loads((out / "record.json").read_text())
+        rec["config"].update(extra)
+        (out / "record.json").write_text(json.dumps(rec))
+        paths.append(out / "record.json")
+    runs, rejected = load_runs(paths)
+    assert not rejected
+    recipes = [r.pre.recipe for r in runs]
+    assert recipes[0] == recipes[1] != recipes[2]

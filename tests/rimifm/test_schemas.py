@@ -187,7 +187,11 @@ def test_pretrain_writer_round_trips(tmp_path: Path) -> None:
     assert set(written) - {"schema_version", "train_time_s"} == set(LEGACY["pretrain"])
     assert written["train_time_s"] == 2.0
     assert written["dataset"]["name"] == "synthetic" and "format" not in written["dataset"]
-    # DATA.NAME names the dataset for the tables (an imagefolder copy of ImageNet-100 as the published rows' key)
+    cfg.DATA.NAME = "Fashion-MNIST"  # a title only: the records of a known format keep its key
+    assert pretrain_record(cfg, out_dir=tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "last.pth",
+                           steps=6, images=24, world_size=1, device=torch.device("cpu"), precision="fp32",
+                           history=history, wall_time_s=1.5, code_version="test")["dataset"]["name"] == "synthetic"
+    # DATA.NAME names an imagefolder run's dataset for the tables (ImageNet-100 as the published rows' key)
     cfg.DATA.DATASET, cfg.DATA.NAME = "imagefolder", "imagenet100"
     named = pretrain_record(cfg, out_dir=tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "last.pth",
                             steps=6, images=24, world_size=1, device=torch.device("cpu"), precision="fp32",

@@ -210,6 +210,12 @@ def test_linear_recipes_equal_their_sources():
     assert resolve_recipe({"dataset": "imagefolder", "report": "last"}) == (replace(moco, report="last"), "moco")
     with pytest.raises(UserError, match="unknown --report 'max'"):
         resolve_recipe({"dataset": "imagefolder", "report": "max"})
+    # an imagefolder run named imagenet100 gets solo-learn's ImageNet-100 recipe, as its published rows used
+    assert resolve_recipe({"dataset": "imagefolder", "dataset_name": "imagenet100"})[1] == "solo-learn-imagenet100"
+    from pretrain.evaluation.run import _check_options
+
+    with pytest.raises(UserError, match="--report chooses the reported epoch of --protocol linear; knn"):
+        _check_options({"protocol": "knn", "report": "best"})
 
 
 def test_a_best_epoch_recipe_reports_its_best_validation_epoch(monkeypatch, tmp_path):

@@ -75,17 +75,33 @@ def test_clean_views_feed_the_classifier_an_unmasked_pass_that_leaves_the_bn_sta
     v1, v2 = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16)
     h1, h2 = torch.randn(6, 512), torch.randn(6, 512)
     reference = copy.deepcopy(model.backbone)
-    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    stats = ("running", "num_batches_tracked")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if k.split(".")[-1].startswith(stats)}
     f1, f2 = model.classifier_features(v1, v2, h1, h2)
     with torch.no_grad():
         torch.testing.assert_close(f1, reference(v1))
         torch.testing.assert_close(f2, reference(v2))
-    after = {k: v for k, v in model.backbone.state_dict().items() if "running" in k}
+    after = {k: v for k, v in model.backbone.state_dict().items() if k.split(".")[-1].startswith(stats)}
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not all(torch.equal(before[k], v) for k, v in reference.state_dict().items() if k in before)  # a pass would
     model.attach_classifier(3, "masked")
     f1, _ = model.classifier_features(v1, v2, h1, h2)
     assert torch.equal(f1, h1)
+
+
+def test_a_local_copy_of_sync_bn_keeps_its_statistics_and_runs_alone():
+    """The online validation re-estimates BN on a copy in one process: SyncBatchNorm becomes BatchNorm2d."""
+    from torch import nn
+
+    from rimifm.precise_bn import local_batch_norm
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.Sequential(nn.SyncBatchNorm(4)))
+    net[1].running_mean.fill_(2.0)
+    net[2][0].weight.data.fill_(3.0)
+    local = local_batch_norm(net)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in local.modules())
+    assert torch.equal(local[1].running_mean, torch.full((4,), 2.0)) and torch.equal(local[2][0].weight, torch.full((4,), 3.0))
+    local.train()(torch.randn(2, 3, 8, 8))  # a training-mode pass with no process group: SyncBatchNorm would fail
 
 
 @pytest.mark.slow
