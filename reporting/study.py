@@ -56,6 +56,24 @@ def _read(path: str | None, what: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def code_line(manifest: dict) -> str:
+    """The code the report was written with and, where it differs, the code each kind of step ran with (a study
+    continued later reuses its finished steps)."""
+    report = manifest.get("code_version") or "unknown"
+    made: dict[str, set[str]] = {}
+    for row in (manifest.get("rows") or {}).values():
+        for paths in (row.get("runs") or {}).values():
+            for kind, path in paths.items():
+                if path and Path(path).is_file():
+                    version = _read(path, kind).get("code_version")
+                    if version:
+                        made.setdefault(version, set()).add(kind)
+    if not made or set(made) == {report}:
+        return report
+    runs = ", ".join(f"{v} ({', '.join(sorted(k))})" for v, k in sorted(made.items()))
+    return f"{report} (this report); its steps ran at {runs}"
+
+
 class Row:
     """One row: kNN top-1 per seed, plus the training time and online curve of each seed's pretraining."""
 
@@ -234,7 +252,7 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
                      f"fine-tuning: `{' '.join(manifest.get('det_opts') or []) or 'none'}`.")
     if manifest.get("command"):
         lines.append(f"- Command: `{manifest['command']}`")
-    lines.append(f"- Code: {manifest.get('code_version') or 'unknown'}")
+    lines.append(f"- Code: {code_line(manifest)}")
     cal = manifest.get("calibration_images_per_s")
     lines.append("- Machine: calibration figure " + (f"{cal:g} images/s" if cal else "not measured")
                  + " (`python benchmarks/pretrain_throughput.py --batch 64`, base; a slow 2-core machine gives "

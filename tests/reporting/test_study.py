@@ -234,3 +234,16 @@ def test_detection_runs_are_named_after_their_scene_set(tmp_path):
     first = study.scenes_tag()
     (scenes / "meta.json").write_text('{"sizes": {"trainval": 500, "test": 500}}\n')
     assert first.startswith("-sc") and study.scenes_tag() not in ("", first)
+
+
+def test_the_code_line_names_the_commits_the_steps_ran_at(tmp_path):
+    """A study continued later reuses finished steps: the report says which code made which kind of step."""
+    from reporting.study import code_line
+
+    manifest = _manifest(tmp_path, [0], {"base": ("BYOL", "variant", {0: 80.0}, 100.0)}, test="none")
+    assert code_line(manifest) == "0.1.0+abc"  # records without a version: the report's only
+    paths = manifest["rows"]["base"]["runs"]["0"]
+    for kind, version in (("knn", "0.1.0+old"), ("pretrain", "0.1.0+old")):
+        rec = json.loads(Path(paths[kind]).read_text())
+        Path(paths[kind]).write_text(json.dumps({**rec, "code_version": version}))
+    assert code_line(manifest) == "0.1.0+abc (this report); its steps ran at 0.1.0+old (knn, pretrain)"
