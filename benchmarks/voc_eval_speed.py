@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from voc_reference import reference_voc_eval  # the slow reference beside this script, not in the package
 
 from detection.evaluation.voc import VOC_CLASSES, voc_ap
-from detection.evaluation.voc_reference import reference_voc_eval
 
 
 def make_data(n_images: int, dets_per_image: int, num_classes: int, seed: int) -> tuple[dict, dict]:

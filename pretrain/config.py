@@ -124,7 +124,7 @@ def get_default_config() -> CfgNode:
     # with RIM, what the classifier sees: masked (the online branch's own features, on masked views; validated with
     # BN statistics gathered on them) | clean (an extra gradient-free pass of the online backbone on the unmasked
     # views, and BN re-estimated on BN_IMAGES clean training images before each online validation: the published
-    # protocol's input, for about +20% a step). Without RIM both are the published protocol.
+    # protocol's input, for +23% a step: BYOL R18, 32 px, batch 64 on a 2-core CPU). Without RIM both are the published protocol.
     c.ONLINE_LINEAR.VIEWS = "masked"
     c.ONLINE_LINEAR.BN_IMAGES = 4096
 

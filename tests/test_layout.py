@@ -1,7 +1,15 @@
-"""The package layout: imports run one way, tools/ stays thin, every console entry point resolves.
+"""The package layout: imports follow a map of what may import what, tools/ stays thin, every console entry
+point resolves.
 
-Direction (a package may import only those to its left):
-    rimifm <- synthetic <- pretrain <- detection <- reporting <- demo
+Allowed imports (each package may import itself and these; README.md "Layout" draws the same):
+
+    rimifm      <- synthetic <- pretrain  <- reporting
+                             <- detection
+    demo: all of them; benchmarks: all but reporting and demo; tools/: thin entry points into any
+
+`pretrain` and `detection` are siblings: neither imports the other (a checkpoint reaches detection as a file,
+through tools/convert_to_d2.py). Inside pretrain: data/ and method/ import no other part of it but its top-level
+modules (config, optim), evaluation/ imports data/ and method/, training/ all three; nothing imports training/.
 """
 
 from __future__ import annotations
@@ -16,32 +24,73 @@ import tomllib
 
 from tests.helpers import REPO
 
-ORDER = ("rimifm", "synthetic", "pretrain", "detection", "reporting", "demo")
+ALLOWED: dict[str, set[str]] = {
+    "rimifm": set(),
+    "synthetic": {"rimifm"},
+    "pretrain": {"rimifm", "synthetic"},
+    "detection": {"rimifm", "synthetic"},
+    "reporting": {"rimifm", "synthetic", "pretrain"},
+    "demo": {"rimifm", "synthetic", "pretrain", "detection", "reporting"},
+    "benchmarks": {"rimifm", "synthetic", "pretrain", "detection"},
+}
+ORDER = tuple(ALLOWED)
+#: inside pretrain: the parts each part may import (besides itself and pretrain's top-level modules)
+PRETRAIN_PARTS: dict[str, set[str]] = {
+    "data": set(),
+    "method": set(),
+    "evaluation": {"data", "method"},
+    "training": {"data", "method", "evaluation"},
+}
 
 
-def _imported_top_packages(path) -> set[str]:
-    """Every package of ORDER that a module imports, at top level or inside a function."""
+def _imports(path) -> set[str]:
+    """Every absolute module name a file imports, at top level or inside a function."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             raise AssertionError(f"{path.relative_to(REPO)}: relative import; the layout test reads absolute ones")
-    return found & set(ORDER)
+    return found
+
+
+def _imported_top_packages(path) -> set[str]:
+    """Every package of the map that a module imports."""
+    return {name.split(".")[0] for name in _imports(path)} & set(ALLOWED)
 
 
 @pytest.mark.parametrize("package", ORDER)
-def test_a_package_imports_only_packages_below_it(package):
-    allowed = set(ORDER[: ORDER.index(package) + 1])
+def test_a_package_imports_only_what_the_map_allows(package):
+    allowed = ALLOWED[package] | {package}
     bad = []
     for path in sorted((REPO / package).rglob("*.py")):
-        upward = _imported_top_packages(path) - allowed
-        if upward:
-            bad.append(f"{path.relative_to(REPO)} imports {', '.join(sorted(upward))}")
+        other = _imported_top_packages(path) - allowed
+        if other:
+            bad.append(f"{path.relative_to(REPO)} imports {', '.join(sorted(other))}")
     assert not bad, f"{package} may import only {', '.join(sorted(allowed))}:\n" + "\n".join(bad)
+
+
+def test_pretrain_and_detection_never_import_each_other():
+    assert "detection" not in ALLOWED["pretrain"] and "pretrain" not in ALLOWED["detection"]
+
+
+@pytest.mark.parametrize("part", PRETRAIN_PARTS)
+def test_the_parts_of_pretrain_import_one_way(part):
+    allowed = PRETRAIN_PARTS[part] | {part}
+    bad = []
+    for path in sorted((REPO / "pretrain" / part).rglob("*.py")):
+        parts = {name.split(".")[1] for name in _imports(path) if name.startswith("pretrain.")}
+        other = (parts & set(PRETRAIN_PARTS)) - allowed
+        if other:
+            bad.append(f"{path.relative_to(REPO)} imports pretrain.{', pretrain.'.join(sorted(other))}")
+    assert not bad, f"pretrain/{part} may import only {', '.join(sorted(allowed))} of pretrain's parts:\n" + \
+        "\n".join(bad)
+    for top in ("config", "optim"):  # the top-level modules every part may use import none of the parts
+        assert not {n.split(".")[1] for n in _imports(REPO / "pretrain" / f"{top}.py")
+                    if n.startswith("pretrain.")} & set(PRETRAIN_PARTS), top
 
 
 def test_importing_the_core_loads_neither_pretrain_nor_detection():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.evaluation.recipes import make_head, schedule_factor
-from pretrain.training.optim import LARS, param_groups, warmup_cosine
+from pretrain.optim import LARS, param_groups, warmup_cosine
 from rimifm.errors import UserError
 
 

@@ -25,9 +25,9 @@ from pretrain.data.views import byol_view_specs
 from pretrain.evaluation.recipes import recompute_bn
 from pretrain.method.siamese import build_method
 from pretrain.method.supervised import Supervised
+from pretrain.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.checkpoint import Progress, checkpoint_state, restore
 from pretrain.training.monitoring import knn_monitor, online_linear_accuracy, progress_bar
-from pretrain.training.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.record import pretrain_record
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError

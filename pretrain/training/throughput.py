@@ -15,7 +15,7 @@ import torch
 
 from pretrain.config import load_config
 from pretrain.method.siamese import build_method
-from pretrain.training.optim import build_optimizer
+from pretrain.optim import build_optimizer
 
 #: the calibration's settings (see the module docstring)
 CALIBRATION = dict(method="byol", backbone="resnet18", image_size=32, batch=64, steps=10, warmup=3)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.voc_reference import reference_voc_eval
 from detection.evaluation import (
     DEFAULT_IOU_THRESHOLDS,
     evaluate_coco_results_file,
@@ -17,7 +18,6 @@ from detection.evaluation import (
     voc_ap,
 )
 from detection.evaluation.voc import _round_decimals, detectron2_text_boxes
-from detection.evaluation.voc_reference import reference_voc_eval
 from rimifm.errors import UserError
 from tests.helpers import REPO
 

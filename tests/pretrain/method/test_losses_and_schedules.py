@@ -6,7 +6,7 @@ import torch
 from pretrain.method.losses import byol_distance, simsiam_distance, symmetric_loss
 from pretrain.method.models import ema_update
 from pretrain.method.siamese import BYOL
-from pretrain.training.optim import LARS, param_groups, warmup_cosine
+from pretrain.optim import LARS, param_groups, warmup_cosine
 
 
 def test_byol_and_simsiam_distances_hand_computed():

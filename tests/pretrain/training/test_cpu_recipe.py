@@ -98,7 +98,7 @@ def test_recipe_configs_and_their_errors():
 
 def test_adamw_keeps_biases_and_norms_out_of_weight_decay():
     from pretrain.method.siamese import build_method
-    from pretrain.training.optim import build_optimizer
+    from pretrain.optim import build_optimizer
 
     cfg = load_config("fmnist_cpu_byol.yaml", ["OPTIM.BETAS", "[0.8, 0.99]"])
     model = build_method(cfg)

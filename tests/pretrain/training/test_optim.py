@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.config import load_config
-from pretrain.training.optim import LARS, build_optimizer, param_groups, set_lr
+from pretrain.optim import LARS, build_optimizer, param_groups, set_lr
 
 
 def _two_params():
