@@ -13,10 +13,6 @@ Every step is the command a user would type, run by that command's own main() in
 demo/steps.py): a finished step is reused, so running the demo again (or after Ctrl-C) continues where
 it stopped. Output folder names carry the settings that change the result (epochs, iterations, seed,
 overrides), so a demo with other settings never reuses a wrong run.
-
-    python tools/demo.py                     # under 15 minutes on a slow 2-core CPU
-    python tools/demo.py --seeds 0 1 2       # mean +- std over three seeds in the tables
-    python tools/demo.py --quick --data /tmp/s --out /tmp/o --tables /tmp/t   # tiny, for tests
 """
 
 from __future__ import annotations
@@ -232,8 +228,14 @@ def _check_out_folder(s: Settings) -> None:
     atomic_write_text(stamp, json.dumps(want, indent=1) + "\n")
 
 
+EXAMPLES = """examples:
+  python tools/demo.py                     # under 15 minutes on a slow 2-core CPU
+  python tools/demo.py --seeds 0 1 2       # mean +- std over three seeds in the tables
+  python tools/demo.py --quick --data /tmp/s --out /tmp/o --tables /tmp/t   # tiny, for tests
+"""
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="synthetic set, made when missing (default datasets/synthetic-demo; "
                    "--quick: datasets/synthetic-quick)")
     p.add_argument("--fmnist", default=None,

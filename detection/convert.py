@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from rimifm.d2_pkl import save_d2_pkl
 from rimifm.errors import run_cli
 from rimifm.io import load_checkpoint
-from rimifm.resnet_weights import RESNET_LAYOUTS, Conversion, convert_checkpoint, save_d2_pkl
+from rimifm.resnet_weights import RESNET_LAYOUTS, Conversion, convert_checkpoint
 
 __all__ = ["RESNET_LAYOUTS", "Conversion", "convert_file", "main"]
 
@@ -27,9 +28,16 @@ def convert_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     return conv
 
 
+EXAMPLES = """examples:
+  python tools/convert_to_d2.py outputs/pretrain/cifar10_byol-s0/checkpoints/last.pth byol_r18.pkl
+  python tools/convert_to_d2.py outputs/pretrain/fmnist_cpu_byol-s0/checkpoints/last.pth byol_tiny.pkl --target
+  python tools/convert_to_d2.py moco_v2_800ep_pretrain.pth.tar moco_r50.pkl     # MoCo's, found by its prefix
+  python tools/convert_to_d2.py solo_byol.pth solo_r18.pkl --prefix backbone. --depth 18
+"""
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="checkpoint file (.pth/.pt/.tar) to read")
     p.add_argument("output", help=".pkl file to write (atomically)")
     p.add_argument("--target", action="store_true",

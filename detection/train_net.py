@@ -1,11 +1,6 @@
 #!/usr/bin/env python
 """Fine-tune and evaluate a detector on a converted backbone (MoCo's detection-transfer protocol).
 
-Examples:
-  python detection/train_net.py --config voc_r50.yaml --num-gpus 8 MODEL.WEIGHTS backbone.pkl
-  python detection/train_net.py --config synthetic_r18_fpn.yaml SOLVER.MAX_ITER 20
-  python detection/train_net.py --config voc_r50.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
-
 A bare config name is looked up in detection/configs/. Trailing KEY VALUE pairs override config
 keys. Every run writes OUTPUT_DIR/record.json (default OUTPUT_DIR:
 outputs/detection/<config>[-<weights>]). Datasets live under $DETECTRON2_DATASETS (default
@@ -24,10 +19,18 @@ from detection.config import available_configs, resolve_config_path  # noqa: E40
 from detection.engines import ENGINES, select_engine  # noqa: E402
 from rimifm.errors import run_cli  # noqa: E402
 
+EXAMPLES = """examples:
+  python detection/train_net.py --config voc_r50.yaml --num-gpus 8 MODEL.WEIGHTS backbone.pkl
+  python detection/train_net.py --config fmnist_scenes.yaml MODEL.WEIGHTS byol_tiny.pkl   # a CPU, minutes
+  python detection/train_net.py --config fmnist_scenes.yaml MODEL.WEIGHTS ""              # from random init
+  python detection/train_net.py --config synthetic_r18_fpn.yaml SOLVER.MAX_ITER 20
+  python detection/train_net.py --config voc_r50.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+"""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "--config-file", dest="config", required=True, metavar="FILE",
                    help=f"YAML config: a path, or a name in detection/configs/ ({', '.join(available_configs())})")
     p.add_argument("--engine", choices=ENGINES, default="auto",

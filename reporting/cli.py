@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the table maker."""
     p = ArgumentParser(description="Tables and plots from record.json files: mean ± uncertainty (sd over seeds, or "
                             "the SE of one run), delta against the base method (marked when within noise), "
-                            "published baselines beside runs of the same dataset, backbone and protocol.")
+                            "published baselines beside runs of the same dataset, backbone and protocol.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python tools/make_tables.py                              # every record under outputs/ -> results/
+  python tools/make_tables.py outputs/study/fmnist_cpu_byol --out /tmp/tables --no-plots
+""")
     p.add_argument("runs", nargs="*", default=["outputs"], help="folders searched for record.json (default outputs)")
     p.add_argument("--out", default="results", help="folder the tables and plots go to (default results)")
     p.add_argument("--baselines", default=str(DEFAULT_BASELINES),

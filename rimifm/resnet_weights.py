@@ -1,4 +1,4 @@
-"""ResNet tensor names (torchvision <-> detectron2), checkpoint layout detection and the .pkl weights file.
+"""ResNet tensor names (torchvision <-> detectron2) and checkpoint layout detection (the .pkl file: rimifm.d2_pkl).
 
 Used by the converter (detection.convert, tools/convert_to_d2.py) and by classification evaluation
 (pretrain.evaluation), which both need to find a ResNet inside somebody's checkpoint.
@@ -12,35 +12,27 @@ are torchvision's layer1..layer4; BasicBlock has conv1/conv2, BottleneckBlock co
 Many pretraining codebases wrap the same torchvision ResNet under different key prefixes
 (MoCo `module.encoder_q.`, SimSiam `module.encoder.`, solo-learn `backbone.`, ...), inside
 container keys (`state_dict`, `model`, ...). This module finds the backbone, renames its
-tensors, checks that exactly the tensors of a ResNet-18/34/50/101 came out, and writes the
+tensors and checks that exactly the tensors of a ResNet-18/34/50/101 came out; rimifm.d2_pkl writes the
 pickle atomically. Weights are copied bit for bit; no channel swap is done (MoCo's configs feed
 RGB input with `STRIDE_IN_1X1: False`, which matches torchvision's ResNet v1.5 layout).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rimifm.errors import UserError, first_line
-from rimifm.io import PRETRAIN_CHECKPOINT_FORMAT, atomic_pickle
+from rimifm.errors import UserError
+from rimifm.io import PRETRAIN_CHECKPOINT_FORMAT
 from rimifm.resnets import ARCHS, RESNET_LAYOUTS, arch_metadata, get_arch
 
 OUR_FORMAT = PRETRAIN_CHECKPOINT_FORMAT
-AUTHOR = "rimifm"
-
-#: the key of a converted .pkl that names its architecture (rimifm.resnets.arch_metadata): the stem's stride
-#: is not in the weights. detectron2 ignores it; our loaders read it.
-ARCH_KEY = "rimifm_arch"
 
 #: prefixes under which known codebases store the (online / query) backbone, with a layout name.
 #: Detection picks the longest one whose stem is present; `--prefix` overrides.
@@ -385,51 +377,3 @@ def _validate(model: Mapping[str, Any], depth: int) -> None:
             parts.append(f"{len(missing)} tensor(s) of a ResNet-{depth} are missing: {_short_list(missing)}")
         raise UserError(f"found {len(model)} backbone tensors, a ResNet-{depth} has {len(expected)}; "
                         + "; ".join(parts) + " (wrong --depth or prefix?)")
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def save_d2_pkl(model: Mapping[str, np.ndarray], path: str | os.PathLike, author: str = AUTHOR,
-                arch: Mapping[str, Any] | None = None) -> None:
-    """Write `{"model", "__author__", "matching_heuristics"}` (and ARCH_KEY when `arch` is known) atomically
-    (temp file in the folder, then rename)."""
-    payload = {"model": dict(model), "__author__": author, "matching_heuristics": True}
-    if arch is not None:
-        payload[ARCH_KEY] = dict(arch)
-    atomic_pickle(payload, path)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays and plain containers, so a .pkl cannot run code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("collections", "OrderedDict"), ("builtins", "bytearray"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def load_d2_pkl(path: str | os.PathLike) -> dict:
-    """Read a detectron2-style weights pickle (ours or MoCo's) without executing arbitrary code.
-
-    Returns the whole dict; its "model" entry maps detectron2 names to numpy arrays.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
-    try:
-        data = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except Exception as exc:
-        raise UserError(f"{path} is not a detectron2 weights pickle ({first_line(str(exc), type(exc).__name__)})") \
-            from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), Mapping):
-        raise UserError(f"{path} is not a detectron2 weights pickle (no 'model' dict)")
-    return data

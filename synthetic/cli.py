@@ -22,7 +22,11 @@ from synthetic.generator import DEFAULT_SIZES, generate, is_complete, read_meta
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options; every size of DEFAULT_SIZES is an option (defaults shown in --help)."""
     p = argparse.ArgumentParser(description="Generate the deterministic synthetic benchmark "
-                                            "(reused if DIR already holds the same set).")
+                                            "(reused if DIR already holds the same set).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python tools/make_synthetic.py --out datasets/synthetic
+  python tools/make_synthetic.py --out datasets/synthetic-big --seed 1 --pretrain-images 20000
+""")
     p.add_argument("--out", required=True, help="output folder (created atomically)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     for key, value in DEFAULT_SIZES.items():
@@ -52,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 def build_scenes_parser() -> argparse.ArgumentParser:
     """Options of make_fmnist_scenes: the IDX folder, the output and every size of the scenes."""
     p = argparse.ArgumentParser(description="Compose the Fashion-MNIST scenes detection set (VOC layout and COCO "
-                                            "JSON; reused if DIR already holds the same set).")
+                                            "JSON; reused if DIR already holds the same set).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python tools/make_fmnist_scenes.py --root /usr/share/datasets/fashion-mnist
+  python tools/make_fmnist_scenes.py --root datasets/fashion-mnist --out datasets/scenes-big --trainval 2000 --force
+""")
     p.add_argument("--root", default=None,
                    help=f"folder of the four Fashion-MNIST IDX files (default: the first of {', '.join(FMNIST_PLACES)} "
                         "that holds them)")

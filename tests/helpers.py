@@ -42,7 +42,8 @@ def converted_resnet_pkl(tmp_path: Path, arch: str) -> tuple[Path, dict[str, np.
     tensor would show), converted to detectron2's .pkl: (path, converted d2 tensors, torchvision state)."""
     import torchvision
 
-    from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
+    from rimifm.d2_pkl import save_d2_pkl
+    from rimifm.resnet_weights import convert_checkpoint
 
     torch.manual_seed(0)
     net = getattr(torchvision.models, arch)(weights=None)

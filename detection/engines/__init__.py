@@ -18,8 +18,8 @@ from types import ModuleType
 
 from detection.config import read_config
 from rimifm.config import get_dotted
+from rimifm.d2_pkl import ARCH_KEY, load_d2_pkl
 from rimifm.errors import UserError
-from rimifm.resnet_weights import ARCH_KEY, load_d2_pkl
 from rimifm.resnets import arch_from_metadata
 
 ENGINES = ("auto", "detectron2", "torchvision")

@@ -12,9 +12,9 @@ from typing import Any
 from detection.config import WEIGHTS_PLACEHOLDER, config_hash, config_to_dict, protocol_string
 from detection.datasets import REGISTRY
 from detection.evaluation.bootstrap import se_from_results
+from rimifm.d2_pkl import load_d2_pkl
 from rimifm.errors import UserError
 from rimifm.records import code_version, peak_memory_mb, write_record
-from rimifm.resnet_weights import load_d2_pkl
 from rimifm.schemas import DetectionRecord, record_to_dict
 
 METRIC_KEYS = ("AP", "AP50", "AP75")

@@ -3,10 +3,6 @@
 VOC: detectron2's PascalVOCDetectionEvaluator definition (11-point for 2007), AP over IoU 0.50:0.95,
 with bootstrap standard errors over the split's images (--bootstrap draws; saved as "metrics_se").
 COCO: pycocotools COCOeval (bbox), no standard errors. Both print and save AP, AP50, AP75 (x100).
-
-Examples:
-  python tools/eval_detections.py dets.json --voc datasets/VOC2007 --split test --year 2007
-  python tools/eval_detections.py dets.json --coco instances_test.json --out metrics.json
 """
 
 from __future__ import annotations
@@ -19,14 +15,19 @@ import sys
 from pathlib import Path
 
 from detection.evaluation.bootstrap import DEFAULT_RESAMPLES, SE_KEYS, voc_ap_with_se
-from detection.evaluation.voc import VOC_CLASSES, read_coco_results_file
+from detection.evaluation.coco_results import read_coco_results_file
+from detection.evaluation.voc import VOC_CLASSES
 from rimifm.errors import UserError, run_cli
 from rimifm.io import atomic_write_text
 
+EXAMPLES = """examples:
+  python tools/eval_detections.py dets.json --voc datasets/VOC2007 --split test --year 2007
+  python tools/eval_detections.py dets.json --coco instances_test.json --out metrics.json
+"""
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("detections", help="COCO results JSON")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--voc", metavar="DIR", help="VOC<year> folder (or one holding it)")

@@ -39,7 +39,6 @@ UserError; a class with no non-difficult GT gets what detectron2's formulas give
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -208,16 +207,10 @@ def voc_ap(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names
     return _summarise(ap_table(m, use_07_metric), m.thresholds, class_names, m.positives.sum(axis=0), use_07_metric)
 
 
-def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names: Sequence[str],
-              iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, d2_text_rounding: bool = True) -> VocMatch:
-    """TP / difficult flags of every detection at every threshold (inputs as for voc_ap)."""
-    K = len(class_names)
-    thresholds = np.asarray([float(t) for t in iou_thresholds], dtype=np.float64)
-    if thresholds.size == 0:
-        raise UserError("no IoU thresholds given")
-    T = len(thresholds)
-
-    # ---- ground truth: flatten, group by (class, image) keeping XML order inside a group
+def _flatten_ground_truth(ground_truth: GroundTruth, K: int) -> tuple[dict[str, int], np.ndarray, np.ndarray,
+                                                                         np.ndarray, np.ndarray]:
+    """Phase 1: every GT box in one array, grouped by (class, image) keeping XML order inside a group.
+    Returns (image index, group keys, boxes, difficult flags, non-difficult positives per image and class)."""
     image_list = [str(k) for k in ground_truth]
     index = {k: i for i, k in enumerate(image_list)}
     n_img = len(image_list)
@@ -239,9 +232,13 @@ def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_na
     np.add.at(positives, (gt_img[~gt_diff], gt_labels[~gt_diff]), 1)
     gt_key = gt_labels * max(n_img, 1) + gt_img
     g_order = np.argsort(gt_key, kind="stable")
-    gt_key, gt_boxes, gt_diff = gt_key[g_order], gt_boxes[g_order], gt_diff[g_order]
+    return index, gt_key[g_order], gt_boxes[g_order], gt_diff[g_order], positives
 
-    # ---- detections: per class in input order, then detectron2's argsort(-score)
+
+def _ranked_detections(detections: Mapping[str, Any], K: int, index: Mapping[str, int], d2_text_rounding: bool
+                       ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """Phase 2: detections per class in input order, each class then in detectron2's argsort(-score) order.
+    Returns (order, its per-class pieces, image index of each detection, boxes as detectron2's text gives them)."""
     boxes = np.asarray(detections.get("boxes", np.zeros((0, 4))))
     labels = np.asarray(detections.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
     n = len(labels)
@@ -260,9 +257,14 @@ def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_na
         idx = by_class[bounds[c]:bounds[c + 1]]
         pieces.append(idx[np.argsort(-scores[idx])])
     order = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
-    d_box, d_key = boxes[order], labels[order] * max(n_img, 1) + det_img[order]
+    return order, pieces, det_img, boxes
 
-    # ---- IoU of each detection against the GT of its (class, image), all pairs at once
+
+def _best_overlaps(d_box: np.ndarray, d_key: np.ndarray, gt_key: np.ndarray, gt_boxes: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 3: the IoU of each ranked detection against every GT of its (class, image), all pairs at once.
+    Returns (its largest IoU, -inf without GT; the index of the first GT reaching it, -1 without)."""
+    n = len(d_key)
     start = np.searchsorted(gt_key, d_key, side="left")
     count = np.searchsorted(gt_key, d_key, side="right") - start
     offs = np.cumsum(count) - count
@@ -287,13 +289,19 @@ def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_na
         first = np.minimum.reduceat(hit, offs[has])
         ok = first < total  # NaN maxima never pass a threshold, their GT is irrelevant
         jmax[has[ok]] = pair_gt[first[ok]]
+    return ovmax, jmax
 
-    # ---- greedy matching for all thresholds at once
+
+def _greedy_match(ovmax: np.ndarray, jmax: np.ndarray, gt_diff: np.ndarray, thresholds: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 4: VOC's greedy matching at every threshold at once: a detection is a TP when it is the first, in
+    score order, to pass the threshold on its GT; one on a difficult GT is ignored. Returns (tp, ignored)."""
+    n = len(ovmax)
     cand = ovmax[None, :] > thresholds[:, None]  # (T, n)
     matched_difficult = np.zeros(n, dtype=bool)
     matched_difficult[jmax >= 0] = gt_diff[jmax[jmax >= 0]]
     ignored = cand & matched_difficult[None, :]
-    tp = np.zeros((T, n), dtype=bool)
+    tp = np.zeros((len(thresholds), n), dtype=bool)
     live = np.flatnonzero((jmax >= 0) & ~matched_difficult)
     if live.size:
         live = live[np.argsort(jmax[live], kind="stable")]  # grouped by GT, rank order inside a group
@@ -304,6 +312,22 @@ def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_na
         running = np.cumsum(c, axis=1)
         before = (running - c)[:, np.flatnonzero(new_group)][:, group_of]
         tp[:, live] = c & (running - before == 1)  # first candidate of its GT in score order
+    return tp, ignored
+
+
+def match_voc(detections: Mapping[str, Any], ground_truth: GroundTruth, class_names: Sequence[str],
+              iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, d2_text_rounding: bool = True) -> VocMatch:
+    """TP / difficult flags of every detection at every threshold (inputs as for voc_ap), in four phases."""
+    K = len(class_names)
+    thresholds = np.asarray([float(t) for t in iou_thresholds], dtype=np.float64)
+    if thresholds.size == 0:
+        raise UserError("no IoU thresholds given")
+    index, gt_key, gt_boxes, gt_diff, positives = _flatten_ground_truth(ground_truth, K)
+    order, pieces, det_img, boxes = _ranked_detections(detections, K, index, d2_text_rounding)
+    labels = np.asarray(detections.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
+    d_key = labels[order] * max(len(index), 1) + det_img[order]
+    ovmax, jmax = _best_overlaps(boxes[order], d_key, gt_key, gt_boxes)
+    tp, ignored = _greedy_match(ovmax, jmax, gt_diff, thresholds)
     return VocMatch(thresholds, np.r_[0, np.cumsum([len(p) for p in pieces])].astype(np.int64),
                     det_img[order], tp, ignored, positives)
 
@@ -348,79 +372,3 @@ def _summarise(table: np.ndarray, thresholds: np.ndarray, class_names: Sequence[
         "classes_without_positives": [name for c, name in enumerate(class_names) if npos[c] == 0],
         "metric": "VOC2007 11-point" if use_07_metric else "area under PR envelope",
     }
-
-
-# ----------------------------------------------------------------------------- COCO-format results
-
-
-def coco_results_to_detections(results: Any, image_ids: Sequence[str], num_classes: int,
-                               source: str = "detections") -> dict[str, np.ndarray]:
-    """COCO results list -> the arrays voc_ap takes; bbox [x,y,w,h] becomes (x, y, x+w, y+h).
-
-    image_id may be the VOC id string, or an int that equals an id ("12") or its 6-digit
-    zero-padded form ("000012", VOC2007 style). category_id 1..K follows the class order.
-    """
-    if not isinstance(results, list):
-        raise UserError(f"{source}: expected a JSON list of {{image_id, category_id, bbox, score}}")
-    known = set(image_ids)
-    id_cache: dict[Any, str] = {}
-    out_ids, out_lab, out_box, out_score = [], [], [], []
-    for n, r in enumerate(results):
-        try:
-            raw, cat, bbox, score = r["image_id"], r["category_id"], r["bbox"], r["score"]
-        except (KeyError, TypeError):
-            raise UserError(f"{source}: entry {n} lacks image_id/category_id/bbox/score") from None
-        if not isinstance(raw, (str, int)):
-            raise UserError(f"{source}: entry {n} has image_id {raw!r}; expected a VOC id string or an int")
-        key = id_cache.get(raw)
-        if key is None:
-            key = str(raw)
-            if key not in known and isinstance(raw, int) and f"{raw:06d}" in known:
-                key = f"{raw:06d}"
-            if key not in known:
-                raise UserError(f"{source}: entry {n} has image_id {raw!r}, which is not in the split")
-            id_cache[raw] = key
-        if not isinstance(cat, int) or not 1 <= cat <= num_classes:
-            raise UserError(f"{source}: entry {n} has category_id {cat!r}; expected 1..{num_classes}")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise UserError(f"{source}: entry {n} has bbox {bbox!r}; expected [x, y, w, h]")
-        out_ids.append(key)
-        out_lab.append(cat - 1)
-        out_box.append(bbox)
-        out_score.append(score)
-    try:
-        xywh = np.asarray(out_box, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(out_score, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: bbox and score values must be numbers") from None
-    # detectron2 made w = x1 - x0 in float32; adding in float32 gives x1 back
-    x0 = xywh[:, :2].astype(np.float32)
-    x1 = x0 + xywh[:, 2:].astype(np.float32)
-    boxes = np.concatenate([x0, x1], axis=1)
-    return {"image_ids": np.asarray(out_ids, dtype=object), "boxes": boxes, "scores": scores,
-            "labels": np.asarray(out_lab, dtype=np.int64)}
-
-
-def read_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike, split: str = "test",
-                           year: int = 2007, class_names: Sequence[str] = VOC_CLASSES) -> tuple[dict, dict]:
-    """(detections, ground truth) as voc_ap takes them, from a COCO-format results JSON and a VOC split."""
-    path = Path(results_json)
-    if not path.is_file():
-        raise UserError(f"detections file {path} does not exist")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"detections file {path} is not valid JSON ({exc})") from None
-    gt = read_voc_annotations(voc_root, split=split, year=year, class_names=class_names)
-    return coco_results_to_detections(results, list(gt), len(class_names), source=str(path)), gt
-
-
-def evaluate_coco_results_file(results_json: str | os.PathLike, voc_root: str | os.PathLike,
-                               split: str = "test", year: int = 2007,
-                               class_names: Sequence[str] = VOC_CLASSES,
-                               iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-                               d2_text_rounding: bool = True) -> dict[str, Any]:
-    """Evaluate a COCO-format results JSON against a VOC split (11-point metric for 2007, area otherwise)."""
-    dets, gt = read_coco_results_file(results_json, voc_root, split, year, class_names)
-    return voc_ap(dets, gt, class_names, iou_thresholds=iou_thresholds, use_07_metric=(int(year) == 2007),
-                  d2_text_rounding=d2_text_rounding)

@@ -145,14 +145,8 @@ def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: Any) -> N
 def load_backbone(path: str | os.PathLike, target: bool = False, unsafe_legacy_pickle: bool = False) -> tuple[nn.Module, BackboneSource]:
     """Backbone of a checkpoint: ours (online, or EMA target with `target`), any layout
     rimifm/resnet_weights.py detects, or a detectron2 .pkl; fc and heads are ignored."""
-    from rimifm.resnet_weights import (
-        ARCH_KEY,
-        OUR_FORMAT,
-        convert_checkpoint,
-        d2_to_torchvision,
-        infer_depth,
-        load_d2_pkl,
-    )
+    from rimifm.d2_pkl import ARCH_KEY, load_d2_pkl
+    from rimifm.resnet_weights import OUR_FORMAT, convert_checkpoint, d2_to_torchvision, infer_depth
 
     path = Path(path)
     if not path.is_file():

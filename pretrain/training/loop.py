@@ -5,7 +5,6 @@ The command around it (python tools/pretrain.py --config ... [KEY VALUE ...]) is
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import sys
@@ -19,63 +18,34 @@ from torch.utils.data import DataLoader
 
 from pretrain.config import config_hash
 from pretrain.data.batch_views import BatchViewDataset
-from pretrain.data.datasets import EpochSampler, EvalDataset, TwoViewDataset, build_splits
+from pretrain.data.datasets import EpochSampler, TwoViewDataset, build_splits
 from pretrain.data.device_views import DeviceViewDataset
 from pretrain.data.views import byol_view_specs
-from pretrain.evaluation.recipes import recompute_bn
 from pretrain.method.siamese import build_method
 from pretrain.method.supervised import Supervised
 from pretrain.optim import build_optimizer, set_lr, warmup_cosine
 from pretrain.training.checkpoint import Progress, checkpoint_state, restore
-from pretrain.training.monitoring import knn_monitor, online_linear_accuracy, progress_bar
+from pretrain.training.monitoring import knn_monitor, progress_bar
+from pretrain.training.online_evals import OnlineEvaluations
 from pretrain.training.record import pretrain_record
+from pretrain.training.setup import (
+    StopRequested,
+    default_output_dir,
+    install_signal_handlers,
+    resolve_precision,
+)
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError
 from rimifm.events import JsonLinesLog
 from rimifm.io import atomic_torch_save, atomic_write_text, clean_stale_tmp, load_checkpoint
-from rimifm.precise_bn import local_batch_norm
 from rimifm.records import code_version, write_record
 from rimifm.seeding import STREAM_IFM, STREAM_RIM, step_seed
-
-
-def default_output_dir(cfg, config_name: str) -> Path:
-    """outputs/pretrain/<config>[-rim][-ifm]-s<seed>: a restart with the same settings resumes."""
-    tags = [Path(config_name).stem if config_name else "default"]
-    if cfg.RIM.ENABLED:
-        tags.append("rim")
-    if cfg.IFM.ENABLED:
-        tags.append("ifm")
-    return Path("outputs") / "pretrain" / ("-".join(tags) + f"-s{cfg.SEED}")
-
-
-def resolve_precision(cfg, device: torch.device) -> str:
-    p = cfg.TRAIN.PRECISION
-    if p == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if p == "fp16" and device.type != "cuda":
-        raise UserError("TRAIN.PRECISION fp16 needs a GPU; use fp32 or bf16 on a CPU")
-    return p
-
 
 #: DATA.VIEWS -> the dataset that makes the two views (see pretrain/config.py)
 VIEW_DATASETS = {"cpu": TwoViewDataset, "device": DeviceViewDataset, "batch": BatchViewDataset}
 
 
-class StopRequested(Exception):
-    """SIGTERM/SIGINT: save where we are and exit; a restart resumes from there."""
-
-
-def _install_signal_handlers() -> dict:
-    def handler(signum, frame):
-        raise StopRequested(signal.Signals(signum).name)
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for s in previous:
-        signal.signal(s, handler)
-    return previous
-
-
-class PretrainRun:
+class PretrainRun(OnlineEvaluations):
     """One pretraining run, set up from its config; `run()` trains to the end (or resumes) and returns the record.
 
     The steps, in order: __init__ (data, model, optimizer, schedules), resume(), then per epoch
@@ -227,7 +197,7 @@ class PretrainRun:
             self.knn(epoch=0, key="knn_top1_init")
         env.barrier()
 
-        previous_handlers = _install_signal_handlers()
+        previous_handlers = install_signal_handlers()
         try:
             while p.step < self.max_steps and not self.time_is_up():
                 self.train_epoch(p.step // self.steps_per_epoch)
@@ -351,18 +321,6 @@ class PretrainRun:
         self.log.write(row)
         return row
 
-    def knn(self, epoch: int, key: str = "knn_top1") -> float | None:
-        """Online kNN top-1 (main process), logged, kept in the history under `key` and on the learning curve
-        (once per step); at initialisation also the raw-pixel anchor (monitoring.KnnMonitor.evaluate)."""
-        if self.monitor is None:
-            return None
-        p = self.progress
-        acc, new = self.monitor.evaluate(self.model.backbone, self.device, p.history, key, p.step, epoch,
-                                         self.wall_time())
-        if new:
-            self.log.write({"step": p.step, "epoch": epoch, "knn_top1": acc})
-        return acc
-
     def end_epoch(self, epoch: int) -> None:
         """After a whole epoch: kNN when due, one line on the console, the numbered and the last checkpoint."""
         cfg, history = self.cfg, self.progress.history
@@ -385,43 +343,6 @@ class PretrainRun:
             self.save(self.ckpt_dir / f"epoch_{epoch:04d}.pth")
         self.save(self.last_path)
         self.env.barrier()
-
-    def precise_bn(self) -> None:
-        """TRAIN.PRECISE_BN_IMAGES: the backbones' BN statistics re-estimated on clean training images (all processes
-        alike: each re-estimates on the same images), recorded in the history."""
-        n = self.cfg.TRAIN.PRECISE_BN_IMAGES
-        if not n or self.progress.history.get("precise_bn_step") == self.progress.step:
-            return
-        d = self.cfg.DATA
-        images = EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD)
-        for backbone in (self.model.backbone, getattr(self.model, "target_backbone", None)):
-            if backbone is not None:
-                used = recompute_bn(backbone, images, n, max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
-        self.progress.history.update(precise_bn_images=used, precise_bn_step=self.progress.step)
-        if self.env.main:
-            print(f"BN statistics re-estimated on {used} clean training images (TRAIN.PRECISE_BN_IMAGES)", flush=True)
-
-    def clean_bn_backbone(self) -> torch.nn.Module | None:
-        """ONLINE_LINEAR.VIEWS clean under RIM: a copy of the online backbone whose BN statistics are re-estimated on
-        ONLINE_LINEAR.BN_IMAGES clean training images, for the online validation (training keeps its own);
-        None otherwise."""
-        cfg = self.cfg
-        if not (cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "clean"):
-            return None
-        d = cfg.DATA
-        backbone = local_batch_norm(copy.deepcopy(self.model.backbone))  # this process alone: no SyncBN exchange
-        recompute_bn(backbone, EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD), cfg.ONLINE_LINEAR.BN_IMAGES,
-                     max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
-        return backbone
-
-    def online_linear(self, epoch: int) -> dict | None:
-        """Top-1/top-5 of the online classifier on the clean validation split (main process), logged."""
-        if not (self.num_classes and self.env.main):
-            return None
-        result = online_linear_accuracy(self.model, self.splits, self.cfg, self.device, self.clean_bn_backbone())
-        self.progress.history["online_linear"] = {**result, "step": self.progress.step}
-        self.log.write({"step": self.progress.step, "epoch": epoch, "online_linear_top1": result["top1"]})
-        return result
 
     def finish(self) -> dict:
         """Write record.json (main process) and return the record."""

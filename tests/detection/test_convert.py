@@ -13,14 +13,9 @@ import torch
 import torchvision
 
 from detection.convert import convert_file
+from rimifm.d2_pkl import load_d2_pkl, save_d2_pkl
 from rimifm.errors import UserError
-from rimifm.resnet_weights import (
-    convert_checkpoint,
-    d2_to_torchvision,
-    expected_d2_keys,
-    load_d2_pkl,
-    save_d2_pkl,
-)
+from rimifm.resnet_weights import convert_checkpoint, d2_to_torchvision, expected_d2_keys
 from tests.helpers import REPO, run_main
 
 ARCHS = {"resnet18": 18, "resnet50": 50}

@@ -14,8 +14,9 @@ from detection.engines.torchvision.checkpoint import load_backbone_pkl
 from detection.engines.torchvision.config import build_cfg
 from detection.engines.torchvision.modeling import backbone_targets, build_model
 from pretrain.method.models import build_backbone
+from rimifm.d2_pkl import save_d2_pkl
 from rimifm.errors import UserError
-from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
+from rimifm.resnet_weights import convert_checkpoint
 from rimifm.resnets import ARCHS, arch_metadata
 from synthetic.fmnist_scenes import render_scene, resolve_sizes
 

@@ -9,8 +9,9 @@ import torchvision
 
 from pretrain.evaluation.backbones import load_backbone
 from pretrain.method.models import backbone_arch, build_backbone
+from rimifm.d2_pkl import ARCH_KEY, load_d2_pkl, save_d2_pkl
 from rimifm.errors import UserError
-from rimifm.resnet_weights import ARCH_KEY, convert_checkpoint, d2_to_torchvision, load_d2_pkl, save_d2_pkl
+from rimifm.resnet_weights import convert_checkpoint, d2_to_torchvision
 from rimifm.resnets import ARCHS, arch_for, arch_from_metadata, arch_metadata, build_resnet, get_arch
 
 

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from detection.engines.torchvision.modeling import FasterRCNN, backbone_targets
+from rimifm.d2_pkl import ARCH_KEY, load_d2_pkl
 from rimifm.errors import UserError
 from rimifm.io import DETECTION_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from rimifm.io import atomic_torch_save, atomic_write_text, load_checkpoint
-from rimifm.resnet_weights import ARCH_KEY, d2_to_torchvision, load_d2_pkl
+from rimifm.resnet_weights import d2_to_torchvision
 from rimifm.resnets import ResNetArch, arch_from_metadata
 
 logger = logging.getLogger("detection")

@@ -25,8 +25,9 @@ from detection.engines.torchvision.data import TrainMapper, batch_plan, load_tra
 from detection.engines.torchvision.modeling import backbone_targets, build_model
 from detection.engines.torchvision.norms import NaiveSyncBatchNorm2d
 from detection.engines.torchvision.solver import build_optimizer, lr_factor
+from rimifm.d2_pkl import save_d2_pkl
 from rimifm.errors import UserError
-from rimifm.resnet_weights import convert_checkpoint, save_d2_pkl
+from rimifm.resnet_weights import convert_checkpoint
 from tests.helpers import REPO, converted_resnet_pkl
 
 #: overrides that make the synthetic configs tiny: 64-px images, narrow heads, few RoIs

@@ -10,6 +10,7 @@ import pytest
 
 from detection.datasets import read_voc_split
 from detection.engines.common import extract_metrics
+from detection.evaluation.coco_results import evaluate_coco_results_file
 from detection.evaluation.predictions import (
     coco_results,
     evaluate_voc_predictions,
@@ -17,7 +18,6 @@ from detection.evaluation.predictions import (
     stack_predictions,
     write_coco_results,
 )
-from detection.evaluation.voc import evaluate_coco_results_file
 from rimifm.errors import UserError
 from synthetic.generator import CLASSES, generate
 

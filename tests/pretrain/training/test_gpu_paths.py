@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from pretrain.config import load_config
-from pretrain.training.loop import PretrainRun, resolve_precision
+from pretrain.training.loop import PretrainRun
+from pretrain.training.setup import resolve_precision
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError
 from tests.helpers import tiny_overrides
