@@ -189,6 +189,18 @@ def _delta_text(d: dict | None) -> str:
     return f"{d['value']:+.2f}" + ("" if d["unc"] is None else f" ± {d['unc']:.2f}")
 
 
+#: the four variants in the paper's order; extra rows follow in the order the study ran them
+_VARIANTS = ("base", "rim", "ifm", "rim-ifm")
+
+
+def _variant_rank(key: str, manifest: dict) -> tuple[int, int]:
+    """Rows in a fixed order, whatever order the manifest's JSON keeps its keys in."""
+    if key in _VARIANTS:
+        return 0, _VARIANTS.index(key)
+    ran = list(manifest.get("order") or sorted(manifest["rows"]))
+    return 1, ran.index(key) if key in ran else len(ran)
+
+
 def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]], dict[str, Row], list[list[str]]]:
     """(study.md text, study.csv rows, per_seed.csv rows, the rows, transfer.csv rows) of a manifest."""
     rows = {key: Row(key, spec) for key, spec in manifest["rows"].items()}
@@ -210,7 +222,8 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
     csv_rows = [["row", "kind", "n", "seeds", "top1_mean", "top1_unc", "unc_kind", "delta_base", "delta_base_unc",
                  "t", "p", "verdict", "delta_random_init", "delta_random_init_unc", "train_time_s"]]
     order = sorted(rows.values(), key=lambda r: ({"variant": 0, "supervised": 1, "random-init": 2,
-                                                  "raw-pixels": 3}.get(r.kind, 4), r.key != base_key))
+                                                  "raw-pixels": 3}.get(r.kind, 4), r.key != base_key,
+                                                 _variant_rank(r.key, manifest)))
     deltas: dict[str, dict | None] = {}
     for row in order:
         mean, unc, kind = row.stat()
@@ -284,7 +297,7 @@ def _transfer(manifest: dict, base_key: str, test: str) -> tuple[list[str], list
         return [], []
     base, random = rows[base_key], rows.get("random-init")
     order = sorted(rows.values(), key=lambda r: ({"variant": 0, "supervised": 1, "random-init": 2}.get(r.kind, 3),
-                                                 r.key != base_key))
+                                                 r.key != base_key, _variant_rank(r.key, manifest)))
     lines = ["", f"## Detection transfer: {manifest.get('detection') or 'detection'}", "",
              f"Faster R-CNN fine-tuned from each backbone ({base.protocol}, {base.iterations} iterations, the same seed "
              "for every row of a seed) and evaluated on the test split: AP50, AP (the mean over IoU 0.50-0.95) and AP75, "

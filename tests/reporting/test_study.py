@@ -247,3 +247,17 @@ def test_the_code_line_names_the_commits_the_steps_ran_at(tmp_path):
         rec = json.loads(Path(paths[kind]).read_text())
         Path(paths[kind]).write_text(json.dumps({**rec, "code_version": version}))
     assert code_line(manifest) == "0.1.0+abc (this report); its steps ran at 0.1.0+old (knn, pretrain)"
+
+
+def test_rows_keep_their_order_whatever_order_the_manifest_json_keeps(tmp_path):
+    """manifest.json is written with sorted keys: a report made from it again lists the rows as the study did."""
+    rows = {"base": ("BYOL", "variant", {0: 80.0, 1: 81.0}, 100.0),
+            "rim": ("BYOL+RIM", "variant", {0: 80.3, 1: 80.8}, 101.0),
+            "ifm": ("BYOL+IFM", "variant", {0: 82.0, 1: 83.1}, 102.0),
+            "zz-extra": ("BYOL+X", "variant", {0: 79.0, 1: 79.5}, 100.0),
+            "a-extra": ("BYOL+A", "variant", {0: 79.0, 1: 79.5}, 100.0)}
+    manifest = _manifest(tmp_path, [0, 1], rows)
+    manifest["order"] = list(manifest["rows"])
+    manifest["rows"] = dict(sorted(manifest["rows"].items()))  # as json.dump(sort_keys=True) gives them back
+    _, table, _, _, _ = build_report(manifest)
+    assert [r[0] for r in table[1:]] == ["BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+X", "BYOL+A"]
