@@ -35,7 +35,7 @@ DETECTION_VARIANTS = ("base", "rim-ifm")
 
 #: the demo's own synthetic set: the default benchmark's classification split (100 + 50 images per class,
 #: so top-1 has a standard error of about 2.7 points) with fewer pretraining and detection images, so that
-#: the whole chain fits in 15 minutes on the slowest 2-core machine we measured (README, "Timings")
+#: the whole chain fits in 15 minutes on the slowest 2-core machine we measured (docs/benchmarks.md, "Timings")
 DEMO_SIZES = dict(pretrain_images=1536, cls_train_per_class=100, cls_val_per_class=50, det_trainval=120, det_test=60,
                   image_size=32, det_image_size=128)
 #: tiny sizes of --quick (the test suite's version of the demo)

@@ -118,7 +118,7 @@ def get_default_config() -> CfgNode:
     c.OPTIM.PREDICTOR_FIXED_LR = False  # SimSiam: predictor keeps the initial LR
     c.OPTIM.SCHEDULE_INTERVAL = "step"  # step: LR set every step | epoch: once per epoch (SimSiam's main_simsiam.py)
 
-    c.ONLINE_LINEAR = CfgNode()  # solo-learn's online linear protocol (README, "Linear protocols")
+    c.ONLINE_LINEAR = CfgNode()  # solo-learn's online linear protocol (docs/evaluation.md)
     c.ONLINE_LINEAR.ENABLED = False  # a linear classifier on detached backbone features, trained during pretraining
     c.ONLINE_LINEAR.LR = 0.1  # its base LR, scaled like OPTIM.BASE_LR and on the same schedule; no weight decay
     # with RIM, what the classifier sees: masked (the online branch's own features, on masked views; validated with

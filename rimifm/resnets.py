@@ -83,7 +83,7 @@ ARCHS: dict[str, ResNetArch] = {
     "resnet101": ResNetArch("resnet101", 101),
     # the CPU-scale backbone of the fmnist_cpu_* recipes: one basic block per stage at 16-32-64-128 channels,
     # 3x3 stride-2 stem: 3.6 M multiply-adds and 0.31 M parameters at 28 px (ResNet-18 at 32 px, ImageNet stem: 37 M).
-    # Chosen by measurement (README, "Fashion-MNIST"): it learned fastest per second of CPU time.
+    # Chosen by measurement (docs/fashion_mnist.md): it learned fastest per second of CPU time.
     "resnet_tiny": ResNetArch("resnet_tiny", 10, 16, "small"),
 }
 

@@ -27,7 +27,7 @@ _MODULES = {"detectron2": "detection.engines.detectron2.engine", "torchvision": 
 
 D2_INSTALL_HINT = ("install detectron2 from its repository into this environment (it is not on PyPI): "
                    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
-                   "(needs torch installed first and a C++ compiler; see 'Installing detectron2' in README.md)")
+                   "(needs torch installed first and a C++ compiler; see 'Installing detectron2' in docs/getting_started.md)")
 
 
 def detectron2_available() -> bool:

@@ -1,6 +1,6 @@
 """The detectron2 engine: models from our configs, converted weights landing, evaluator parity, a tiny run.
 
-Skipped (with the reason) where detectron2 is not installed; see README.md for installing it.
+Skipped (with the reason) where detectron2 is not installed; see docs/getting_started.md for installing it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="detectron2 is not installed; see README")
+pytest.importorskip("detectron2", reason="detectron2 is not installed; see docs/getting_started.md")
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.layers import NaiveSyncBatchNorm  # noqa: E402
