@@ -99,6 +99,7 @@ class Study:
         self.steps = steps or Steps(plan.name)
         self.steps.total += self.step_count()
         self.runs: dict[tuple[str, int], Path] = {}  # (variant, seed) -> pretraining folder, once run
+        self.scene_set = ""  # scenes_tag() of the scenes the detection steps use, once they exist (run)
 
     # ---------------------------------------------------------------------------------------- set-up
 
@@ -206,7 +207,7 @@ class Study:
 
         The folder is named after the backbone, the config, (a short hash of) the overrides and of the scene set
         trained and tested on, so that other overrides or other scenes never reuse a run."""
-        out = self.plan.out / "detection" / f"{name}-{Path(config).stem}{opts_tag(opts)}{self.scenes_tag()}"
+        out = self.plan.out / "detection" / f"{name}-{Path(config).stem}{opts_tag(opts)}{self.scene_set}"
         if not self.steps.start(f"detection fine-tune of {name} ({Path(config).name}) -> {out}", out):
             self.steps.run(["detection/train_net.py", "--config", config, "--engine", engine, "MODEL.WEIGHTS",
                             str(pkl) if pkl is not None else "", "OUTPUT_DIR", str(out), "SEED", str(seed), *opts])
@@ -265,6 +266,7 @@ class Study:
 
         if p.detection and self._needs_scenes():
             self.make_scenes()
+            self.scene_set = self.scenes_tag()
         for seed in p.seeds:
             for name, overrides in p.variants:
                 run = self.runs[name, seed] = self.pretrain(name, overrides, seed)

@@ -176,6 +176,12 @@ _CHOICES = {
 }
 
 
+def online_linear_views(cfg: CfgNode) -> str:
+    """The views the online classifier trains on: "masked" under RIM with ONLINE_LINEAR.VIEWS masked, else
+    "clean" (without RIM every view is clean)."""
+    return "masked" if cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "masked" else "clean"
+
+
 def validate_config(cfg: CfgNode, source: str = "config") -> None:
     """Check value ranges and choices; raise UserError naming the key and what is allowed."""
     for key, choices in _CHOICES.items():

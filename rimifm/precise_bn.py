@@ -11,15 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
+
+_BN = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _tracking_bns(model: nn.Module, bn_types: tuple[type, ...]) -> list[nn.Module]:
+    """The training-mode BN layers of `model` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, bn_types) and m.training and m.track_running_stats]
 
 
 @contextmanager
-def cumulative_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
-                             ) -> Iterator[list[nn.Module]]:
+def cumulative_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = _BN) -> Iterator[list[nn.Module]]:
     """Reset the running statistics of the training-mode BN layers of `model` and make them a cumulative
-    average while the block runs; their momenta are restored afterwards. Yields the layers (may be empty)."""
-    bns = [m for m in model.modules() if isinstance(m, bn_types) and m.training and m.track_running_stats]
+    average (momentum None) while the block runs; their momenta are restored afterwards. Yields the layers."""
+    bns = _tracking_bns(model, bn_types)
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -32,22 +39,19 @@ def cumulative_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.
 
 
 @contextmanager
-def frozen_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
-                         ) -> Iterator[list[nn.Module]]:
+def frozen_bn_statistics(model: nn.Module, bn_types: tuple[type, ...] = _BN) -> Iterator[list[nn.Module]]:
     """Training-mode BN layers of `model` normalise with their batch's statistics but leave their running ones
     (means, variances and batch counts) as they are while the block runs (momentum 0, the counts restored)."""
-    bns = [m for m in model.modules() if isinstance(m, bn_types) and m.training and m.track_running_stats]
-    momenta = [m.momentum for m in bns]
-    counts = [m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None for m in bns]
+    bns = _tracking_bns(model, bn_types)
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
     for m in bns:
         m.momentum = 0.0
     try:
         yield bns
     finally:
-        for m, momentum, count in zip(bns, momenta, counts):
+        for m, (momentum, count) in zip(bns, saved):
             m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
+            m.num_batches_tracked.copy_(count)
 
 
 def local_batch_norm(model: nn.Module) -> nn.Module:
@@ -57,8 +61,8 @@ def local_batch_norm(model: nn.Module) -> nn.Module:
         if isinstance(child, nn.SyncBatchNorm):
             bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             bn.load_state_dict(child.state_dict())
-            bn.train(child.training)
-            setattr(model, name, bn.to(next(child.buffers()).device))
+            device = next(iter([*child.parameters(), *child.buffers()]), torch.empty(0)).device
+            setattr(model, name, bn.to(device).train(child.training))
         else:
             local_batch_norm(child)
     return model

@@ -64,6 +64,7 @@ class Siamese(nn.Module):
         self.rim = rim
         self.ifm = ifm
         self.classifier: nn.Linear | None = None  # the online linear classifier (attach_classifier)
+        self.classifier_views = "masked"  # what it trains on under RIM (attach_classifier)
         self.distance = DISTANCES[self.name]
         self.view_scale = VIEW_SCALES[self.name]  # BYOL sums its two directions, SimSiam averages them
 
@@ -91,7 +92,7 @@ class Siamese(nn.Module):
 
     def classifier_features(self, v1, v2, h1, h2) -> tuple[torch.Tensor, torch.Tensor]:
         """The (detached) features the online classifier trains on this step."""
-        if not (self.rim.enabled and getattr(self, "classifier_views", "masked") == "clean"):
+        if not (self.rim.enabled and self.classifier_views == "clean"):
             return h1.detach(), h2.detach()
         with torch.no_grad(), frozen_bn_statistics(self.backbone):
             return self.backbone(v1), self.backbone(v2)

@@ -92,8 +92,8 @@ def online_linear_accuracy(model, splits, cfg, device, backbone=None) -> dict:
     backbone to take the features from (the online one with clean-image BN statistics)."""
     d = cfg.DATA
     val = EvalDataset(splits.knn_val, d.IMAGE_SIZE, d.MEAN, d.STD)
-    feats, labels = extract_features(backbone if backbone is not None else model.backbone, val, max(64, d.BATCH_SIZE), d.NUM_WORKERS, device,
-                                     normalize=False)
+    backbone = model.backbone if backbone is None else backbone
+    feats, labels = extract_features(backbone, val, max(64, d.BATCH_SIZE), d.NUM_WORKERS, device, normalize=False)
     classifier = model.classifier
     was_training = classifier.training
     classifier.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.config import config_hash, config_to_dict
+from pretrain.config import config_hash, config_to_dict, online_linear_views
 from rimifm.records import peak_memory_mb
 from rimifm.schemas import PretrainRecord, record_to_dict
 
@@ -13,9 +13,8 @@ def _online_linear(cfg, result: dict | None) -> dict | None:
     """The online linear protocol's result for the record (None when it was off)."""
     if not result:
         return None
-    views = "masked" if cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "masked" else "clean"
     return {"top1": result["top1"], "top5": result.get("top5"), "num_val": result["num_val"],
-            "lr": cfg.ONLINE_LINEAR.LR, "dataset": dataset_key(cfg), "views": views}
+            "lr": cfg.ONLINE_LINEAR.LR, "dataset": dataset_key(cfg), "views": online_linear_views(cfg)}
 
 
 def dataset_key(cfg) -> str:
