@@ -56,22 +56,41 @@ def _read(path: str | None, what: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _step_records(manifest: dict) -> list[tuple[str, dict]]:
+    """(kind, record) of every step record the manifest names that exists here."""
+    out = []
+    for row in (manifest.get("rows") or {}).values():
+        for paths in (row.get("runs") or {}).values():
+            for kind, path in paths.items():
+                if path and Path(path).is_file():
+                    out.append((kind, _read(path, kind)))
+    return out
+
+
 def code_line(manifest: dict) -> str:
     """The code the report was written with and, where it differs, the code each kind of step ran with (a study
     continued later reuses its finished steps)."""
     report = manifest.get("code_version") or "unknown"
     made: dict[str, set[str]] = {}
-    for row in (manifest.get("rows") or {}).values():
-        for paths in (row.get("runs") or {}).values():
-            for kind, path in paths.items():
-                if path and Path(path).is_file():
-                    version = _read(path, kind).get("code_version")
-                    if version:
-                        made.setdefault(version, set()).add(kind)
+    for kind, record in _step_records(manifest):
+        if record.get("code_version"):
+            made.setdefault(record["code_version"], set()).add(kind)
     if not made or set(made) == {report}:
         return report
     runs = ", ".join(f"{v} ({', '.join(sorted(k))})" for v, k in sorted(made.items()))
     return f"{report} (this report); its steps ran at {runs}"
+
+
+def dates_line(manifest: dict) -> str:
+    """When the steps ran: the first and last date their records carry, and how many records predate the field."""
+    records = _step_records(manifest)
+    days = sorted(str(r["finished_at"])[:10] for _, r in records if r.get("finished_at"))
+    undated = len(records) - len(days)
+    if not days:
+        return "not recorded (every step record predates `finished_at`)" if records else "no step records here"
+    text = days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}"
+    text = f"steps finished {text} (local dates of their records' `finished_at`)"
+    return text + (f"; {undated} of {len(records)} records predate the field" if undated else "")
 
 
 class Row:
@@ -266,6 +285,7 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
     if manifest.get("command"):
         lines.append(f"- Command: `{manifest['command']}`")
     lines.append(f"- Code: {code_line(manifest)}")
+    lines.append(f"- When: {dates_line(manifest)}")
     cal = manifest.get("calibration_images_per_s")
     lines.append("- Machine: calibration figure " + (f"{cal:g} images/s" if cal else "not measured")
                  + " (`python benchmarks/pretrain_throughput.py --batch 64`, base; a slow 2-core machine gives "

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,17 @@ def new_run_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def timestamp() -> str:
+    """Now, as records date themselves: local time with its UTC offset, e.g. 2026-12-05T04:40:12+0000."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def write_record(path: str | os.PathLike, record: Any) -> Path:
     """Write a record (a schema dataclass, or the dict record_to_dict made of one) as sorted, indented JSON
-    (stable bytes for the same content)."""
-    data = record if isinstance(record, dict) else record_to_dict(record)
+    (stable bytes for the same content), dated now in `finished_at` unless it already carries a date."""
+    data = dict(record) if isinstance(record, dict) else record_to_dict(record)
+    if not data.get("finished_at"):
+        data["finished_at"] = timestamp()
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return Path(path)
 

@@ -72,6 +72,8 @@ class _Record:
     config_hash: str | None = None
     wall_time_s: float | None = None
     code_version: str | None = None
+    #: when the record was written (local time with its UTC offset); records older than the field have none
+    finished_at: str | None = _spec(None, omit_none=True)
     extra: dict = field(default_factory=dict, metadata={"extra": True})
 
 
@@ -193,7 +195,6 @@ class DetectionRecord(_Record):
     sec_per_iter: float | None = None
     peak_memory_mb: float | None = None
     output_dir: str | None = None
-    finished_at: str | None = None
     metrics_per_dataset: dict | None = _spec(None, omit_none=True)
     #: standard errors of the AP metrics from a bootstrap over test images (`resamples` draws)
     metrics_se: dict | None = _spec(None, keys={"AP": METRIC, "AP50": METRIC, "AP75": METRIC,

@@ -72,3 +72,34 @@ def test_every_command_names_a_file_or_console_script_that_exists(page):
         if words[0].startswith("rimifm-") and words[0] not in scripts:
             bad.append(f"{line}: no console script {words[0]}")
     assert not bad, f"{page.relative_to(REPO)}:\n" + "\n".join(bad)
+
+
+FIGURE = re.compile(r"\d[\d,.]*\s?(?:images/s|views/s|s/iter|min\b|minutes?\b|hours?\b|h\b|s\b)|\d ± \d|p = 0\.\d")
+MEASURED_COLUMNS = re.compile(r"images/s|views/s|top-1|\bAP|time", re.I)
+DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+
+
+def _blocks(text: str) -> list[str]:
+    """The paragraphs, lists and tables of a page, code blocks left out."""
+    return [b.strip() for b in re.split(r"\n\s*\n", _outside_code(text)) if b.strip()]
+
+
+def _states_a_measurement(block: str) -> bool:
+    """A duration, a throughput or a figure with its uncertainty or p-value; or a table whose columns are
+    measured quantities (throughput, top-1, AP, time) and whose cells hold decimals."""
+    if FIGURE.search(block):
+        return True
+    if block.startswith("|"):
+        header, *body = block.splitlines()
+        return bool(MEASURED_COLUMNS.search(header)) and any(re.search(r"\d\.\d", row) for row in body)
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_measured_figure_says_when_it_was_measured(page):
+    """Figures carry where and when they were measured: a paragraph or table that states one names the date,
+    itself or in one of the two blocks before it (a table's caption; the caption of the table a paragraph reads)."""
+    blocks = _blocks(page.read_text())
+    undated = [b.splitlines()[0][:100] for i, b in enumerate(blocks)
+               if _states_a_measurement(b) and not any(DATE.search(x) for x in blocks[max(0, i - 2):i + 1])]
+    assert not undated, f"{page.relative_to(REPO)}: figures without a date (YYYY-MM-DD):\n" + "\n".join(undated)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,6 @@ def detection_record(cfg: Any, *, engine: str, results: Mapping[str, Any] | None
         config=config_to_dict(cfg),
         config_hash=chash,
         code_version=code_version(),
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         metrics_per_dataset=per_dataset if len(per_dataset) > 1 else None,
         metrics_se=extract_metrics_se(results, test),
     )

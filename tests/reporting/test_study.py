@@ -236,9 +236,9 @@ def test_detection_runs_are_named_after_their_scene_set(tmp_path):
     assert first.startswith("-sc") and study.scenes_tag() not in ("", first)
 
 
-def test_the_code_line_names_the_commits_the_steps_ran_at(tmp_path):
-    """A study continued later reuses finished steps: the report says which code made which kind of step."""
-    from reporting.study import code_line
+def test_the_code_and_dates_lines_name_the_commits_and_days_the_steps_ran_at(tmp_path):
+    """A study continued later reuses finished steps: the report says which code made which kind of step, and when."""
+    from reporting.study import code_line, dates_line
 
     manifest = _manifest(tmp_path, [0], {"base": ("BYOL", "variant", {0: 80.0}, 100.0)}, test="none")
     assert code_line(manifest) == "0.1.0+abc"  # records without a version: the report's only
@@ -247,6 +247,11 @@ def test_the_code_line_names_the_commits_the_steps_ran_at(tmp_path):
         rec = json.loads(Path(paths[kind]).read_text())
         Path(paths[kind]).write_text(json.dumps({**rec, "code_version": version}))
     assert code_line(manifest) == "0.1.0+abc (this report); its steps ran at 0.1.0+old (knn, pretrain)"
+    assert dates_line(manifest).startswith("not recorded")  # records of before the field
+    for kind, day in (("knn", "2026-12-05"), ("pretrain", "2026-12-04")):
+        rec = json.loads(Path(paths[kind]).read_text())
+        Path(paths[kind]).write_text(json.dumps({**rec, "finished_at": f"{day}T10:00:00+0000"}))
+    assert dates_line(manifest).startswith("steps finished 2026-12-04 to 2026-12-05 ")
 
 
 def test_rows_keep_their_order_whatever_order_the_manifest_json_keeps(tmp_path):

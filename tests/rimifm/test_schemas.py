@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,10 @@ def test_pretrain_writer_round_trips(tmp_path: Path) -> None:
     assert isinstance(rec, PretrainRecord) and rec.schema_version == SCHEMA_VERSION and rec.rim["enabled"] is True
     assert rec.metrics == {k: v for k, v in history.items() if not k.startswith("train_")}
     assert record_to_dict(rec) == json.loads(path.read_text())
+    # written records are dated; a record that carries its date keeps it when written again
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", rec.finished_at) and "finished_at" not in written
+    again = write_record(tmp_path / "again" / "record.json", {**written, "finished_at": "2026-01-02T03:04:05+0000"})
+    assert read_record(again).finished_at == "2026-01-02T03:04:05+0000"
     # the keys of before the schema, plus the training time (the monitor's fields only when it ran)
     assert set(written) - {"schema_version", "train_time_s"} == set(LEGACY["pretrain"])
     assert written["train_time_s"] == 2.0
@@ -216,7 +221,8 @@ def test_detection_writer_round_trips(tmp_path: Path, per_dataset: bool) -> None
     assert rec.start_iteration == 100 and rec.extra == {"host": "x"}
     assert ("metrics_per_dataset" in written) is per_dataset  # only written for several test sets
     assert record_to_dict(rec) == written
-    assert set(written) - {"schema_version", "host", "metrics_per_dataset"} == set(LEGACY["detection"])
+    # the legacy keys; the date is stamped when the record is written (write_record)
+    assert set(written) - {"schema_version", "host", "metrics_per_dataset"} == set(LEGACY["detection"]) - {"finished_at"}
 
 
 @pytest.mark.parametrize("schema", [KnnRecord, LinearRecord])
