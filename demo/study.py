@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
     options, overrides = split_overrides(argv)
     a = build_parser().parse_args(options)
+    code_version()  # the code as it is when the study starts: steps that follow a commit keep this version
     a.opts = [*a.opts, *overrides]
     plan = plan_from_args(a, "python tools/study.py " + " ".join(shlex.quote(x) for x in argv))
     study = Study(plan)  # every check before the calibration and the first step

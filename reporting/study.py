@@ -289,7 +289,7 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
     cal = manifest.get("calibration_images_per_s")
     lines.append("- Machine: calibration figure " + (f"{cal:g} images/s" if cal else "not measured")
                  + " (`python benchmarks/pretrain_throughput.py --batch 64`, base; a slow 2-core machine gives "
-                   "about 45-56).")
+                   "about 36-56).")
     if manifest.get("opts"):
         lines.append(f"- Overrides of every pretraining run: `{' '.join(manifest['opts'])}`")
     per_seed = [["row", "seed", "top1", "num_val", "train_time_s"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -18,8 +19,10 @@ from rimifm.schemas import record_to_dict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def code_version() -> str:
-    """Package version plus the git commit (and '-dirty') when run from a checkout."""
+    """Package version plus the git commit (and '-dirty') when run from a checkout, as it was when first asked in
+    this process: the commands ask when they start, so a commit made during a long run does not relabel it."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

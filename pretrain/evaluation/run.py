@@ -168,6 +168,7 @@ def run_evaluation(args: dict, log: Callable[[str], None] = print) -> dict:
     """Run one kNN or linear evaluation described by the CLI options (a dict); returns the record
     it wrote to `<out>/record.json` (with "record_path" added)."""
     t0 = time.perf_counter()
+    code_version()  # the code as it is now, not when the record is written
     _check_options(args)
     protocol = args["protocol"]
     device = resolve_device(args.get("device", "auto"))

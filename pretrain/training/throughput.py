@@ -3,7 +3,7 @@
 The calibration figure is the one number every timing in this project is quoted with: images/s of base
 BYOL, ResNet-18 at 32 px (ImageNet stem), batch 64, on random tensors (so data loading is excluded),
 10 timed steps after 3 warm-up steps (`python benchmarks/pretrain_throughput.py --batch 64`, its `base` row).
-Measured: about 45-56 on a slow 2-core AVX2 machine, 150 on a 2-core AVX-512 one.
+Measured: 36-56 on a slow 2-core AVX2 machine, 113-198 on a 2-core AVX-512 one (docs/benchmarks.md names them).
 """
 
 from __future__ import annotations

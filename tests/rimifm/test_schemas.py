@@ -232,3 +232,18 @@ def test_classification_record_round_trips(schema) -> None:
     data = record_to_dict(rec)
     assert data == {**LEGACY[schema.kind], "schema_version": SCHEMA_VERSION}
     assert validate_record(data) == rec
+
+
+def test_the_code_version_is_the_one_the_process_started_with(monkeypatch) -> None:
+    """A commit made while a long run goes on does not relabel the run: the version is read once a process."""
+    import subprocess
+
+    from rimifm import records
+
+    records.code_version.cache_clear()
+    first = records.code_version()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="0000later\n"))
+    assert records.code_version() == first
+    records.code_version.cache_clear()
+    assert records.code_version().endswith("+0000later")  # what a new process would read
+    records.code_version.cache_clear()

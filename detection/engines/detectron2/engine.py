@@ -36,6 +36,7 @@ from detection.engines import common
 from detection.engines.common import detection_record, extract_metrics, report_record
 from detection.engines.detectron2 import modeling as d2_modeling
 from detection.engines.detectron2.evaluator import build_evaluator
+from rimifm.records import code_version
 
 ENGINE = "detectron2"
 logger = logging.getLogger("detection")
@@ -92,6 +93,7 @@ def _sec_per_iter(trainer: DefaultTrainer) -> float | None:
 def _worker(args: argparse.Namespace) -> None:
     """Body of one process: train (and evaluate at the end) or evaluate only; rank 0 writes the record."""
     t0 = time.perf_counter()
+    code_version()  # the code as it is now, not when the record is written
     cfg, seed = _setup_process(args)
     sec_per_iter = None
     if args.eval_only:

@@ -42,6 +42,7 @@ from detection.engines.torchvision.loop import eval_only, train
 from rimifm.distributed import Distributed
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
+from rimifm.records import code_version
 
 ENGINE = "torchvision"
 logger = logging.getLogger("detection")
@@ -61,6 +62,7 @@ def _setup_logging(cfg: Any, main: bool) -> None:
 def _worker(args: argparse.Namespace) -> None:
     """Body of one process: train (evaluating at the end) or evaluate only; rank 0 writes the record."""
     t0 = time.perf_counter()
+    code_version()  # the code as it is now, not when the record is written
     cfg = build_cfg(args.config, args.opts)
     env = Distributed(str(cfg.MODEL.DEVICE), key="MODEL.DEVICE")
     _setup_logging(cfg, env.main)
