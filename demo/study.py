@@ -24,7 +24,7 @@ from pathlib import Path
 from demo.steps import Steps, read_json
 from detection.config import read_config as read_detection_config
 from detection.datasets import FMNIST_SCENES_FOLDER, dataset_root
-from pretrain.config import config_hash, load_config, resolve_config_path
+from pretrain.config import config_hash, load_config, recipe_hash, resolve_config_path
 from reporting.study import backbone_title, dataset_title, write_report
 from rimifm.cli import ArgumentParser
 from rimifm.errors import UserError, run_cli
@@ -135,14 +135,16 @@ class Study:
         return any("fmnist_scenes" in str(name) for name in names)
 
     def check_out_folder(self) -> None:
-        """The runs folder remembers the recipe it was made with and what each variant name overrides: another
+        """The runs folder remembers its recipe (file name and `recipe_hash`: a moved checkout or a key added since
+        is the same recipe; older stamps hold the whole config_hash) and what each variant name overrides: another
         recipe, or a name that now means other overrides, needs another --out (new variants are added)."""
         stamp = self.plan.out / "study.json"
-        want = {"config": str(resolve_config_path(self.plan.config).resolve()),
-                "config_hash": config_hash(self._recipe_cfg())}
+        recipe = self._recipe_cfg()
+        want = {"config": str(resolve_config_path(self.plan.config).resolve()), "config_hash": recipe_hash(recipe)}
         variants = {name: list(overrides) for name, overrides in self.plan.variants}
         have = read_json(stamp) if stamp.is_file() else {**want, "variants": {}}
-        if {k: have.get(k) for k in want} != want:
+        if Path(str(have.get("config"))).name != Path(want["config"]).name or \
+                have.get("config_hash") not in (want["config_hash"], config_hash(recipe)):
             raise UserError(f"{self.plan.out} holds {self.plan.name} runs of another recipe or other overrides "
                             f"({stamp}); pass another --out, or delete that folder to start again")
         known = have.get("variants") or {}

@@ -176,6 +176,23 @@ _CHOICES = {
 }
 
 
+#: keys added to the config after runs had been made with it, each at the value that does what those runs did.
+#: At that value a key is left out of a recipe's identity (`recipe_hash`; the tables' pooling), so a run from
+#: before the key and one from after it are the same recipe.
+ADDED_AT_OLD_VALUE = {"BYOL.LOSS_SCALE": "sum", "ONLINE_LINEAR.VIEWS": "masked", "ONLINE_LINEAR.BN_IMAGES": 4096}
+
+
+def recipe_hash(cfg: CfgNode) -> str:
+    """The identity of a recipe: `config_hash` (OUTPUT_DIR left out) without the keys of ADDED_AT_OLD_VALUE at
+    their old value, so it equals the hash the same config had before those keys existed."""
+    data = config_to_dict(cfg)
+    for key, old in ADDED_AT_OLD_VALUE.items():
+        group, name = key.split(".")
+        if data.get(group, {}).get(name, old) == old:
+            data.get(group, {}).pop(name, None)
+    return config_hash(data, ignore=("OUTPUT_DIR",))
+
+
 def online_linear_views(cfg: CfgNode) -> str:
     """The views the online classifier trains on: "masked" under RIM with ONLINE_LINEAR.VIEWS masked, else
     "clean" (without RIM every view is clean)."""
@@ -298,5 +315,5 @@ def _key_error_text(exc: BaseException) -> str:
     return key_error_text(exc, "see pretrain/config.py for every key")
 
 
-__all__ = ["CONFIG_DIR", "CfgNode", "config_hash", "config_to_dict", "get_default_config", "load_config",
-           "resolve_config_path", "validate_config"]
+__all__ = ["ADDED_AT_OLD_VALUE", "CONFIG_DIR", "CfgNode", "config_hash", "config_to_dict", "get_default_config",
+           "load_config", "recipe_hash", "resolve_config_path", "validate_config"]

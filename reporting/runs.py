@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretrain.config import ADDED_AT_OLD_VALUE  # at that value a key added later is left out
 from reporting.protocols import BEST_EPOCH, MASKED_VIEWS, linear_protocol_name
 from reporting.render import DASH
 from rimifm.errors import UserError
@@ -40,9 +41,6 @@ _NON_RECIPE_KEYS = {
     "TRAIN.KNN_PERIOD", "TRAIN.KNN_K", "TRAIN.KNN_T", "TRAIN.PROGRESS", "TRAIN.TENSORBOARD",
     "TRAIN.KNN_BANK", "TRAIN.KNN_QUERIES", "TRAIN.KNN_PERIOD_STEPS", "ONLINE_LINEAR.VIEWS", "ONLINE_LINEAR.BN_IMAGES",
 }
-#: keys added to the config after records existed, at the value those records trained with: at that value they
-#: are left out of the recipe hash, so a record from before the key and one from after pool together
-_ADDED_AT_OLD_VALUE = {"BYOL.LOSS_SCALE": "sum"}
 
 
 def canon_backbone(name: Any) -> str:
@@ -160,7 +158,7 @@ def _pretraining_of(rec: PretrainRecord) -> Pretraining:
         flat = _flatten(rec.config)
         recipe = stable_hash({k: v for k, v in flat.items()
                               if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS
-                              and not (k in _ADDED_AT_OLD_VALUE and v == _ADDED_AT_OLD_VALUE[k])})
+                              and not (k in ADDED_AT_OLD_VALUE and v == ADDED_AT_OLD_VALUE[k])})
     return Pretraining(rec.method.lower(), canon_backbone(rec.backbone), name, str(rec.epochs),
                        normalise_knobs(rec.rim, "rim"), normalise_knobs(rec.ifm, "ifm"), recipe)
 

@@ -173,6 +173,17 @@ def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overr
         study(opts=("OPTIM.BASE_LR", "0.01")).check_out_folder()
     with pytest.raises(UserError, match="holds study runs of another recipe"):
         study(config="fmnist_cpu_simsiam.yaml").check_out_folder()
+    # the same recipe from a moved checkout, stamped before keys were added to the config: still the same recipe
+    from rimifm.config import config_hash
+
+    recipe = study()._recipe_cfg()
+    recipe.defrost()
+    del recipe.BYOL["LOSS_SCALE"], recipe.ONLINE_LINEAR["VIEWS"], recipe.ONLINE_LINEAR["BN_IMAGES"]
+    (tmp_path / "study.json").write_text(json.dumps({**stamp, "config": "/elsewhere/fmnist_cpu_byol.yaml",
+                                                     "config_hash": config_hash(recipe)}))
+    study().check_out_folder()
+    with pytest.raises(UserError, match="holds study runs of another recipe"):  # but not at another value
+        study(opts=("BYOL.LOSS_SCALE", "mean")).check_out_folder()
 
 
 def _with_detection(manifest: dict, root: Path, ap50: dict[str, dict[int, float]], se: float = 1.0) -> dict:
