@@ -30,6 +30,7 @@ from pretrain.training.online_evals import OnlineEvaluations
 from pretrain.training.record import pretrain_record
 from pretrain.training.setup import (
     StopRequested,
+    cpu_bf16_hazards,
     default_output_dir,
     install_signal_handlers,
     resolve_precision,
@@ -81,6 +82,11 @@ class PretrainRun(OnlineEvaluations):
         self.monitor = knn_monitor(self.splits, cfg) if env.main else None
 
         self.model = self._build_model()  # the module itself; self.trained wraps it in DDP when needed
+        if self.precision == "bf16" and self.device.type == "cpu" and env.main and \
+                (hazards := cpu_bf16_hazards(self.model.backbone, cfg.DATA.IMAGE_SIZE)):
+            print(f"warning: bf16 on a CPU: {', '.join(hazards)} sees a 1x1 map at DATA.IMAGE_SIZE "
+                  f"{cfg.DATA.IMAGE_SIZE}, where oneDNN's bf16 weight gradient can be wrong (NaN in some steps); "
+                  "use fp32, larger images or MODEL.CIFAR_STEM true (docs/pretraining.md)", flush=True)
         ref = cfg.OPTIM.REFERENCE_BATCH_SIZE
         self.base_lr = cfg.OPTIM.BASE_LR * (cfg.DATA.BATCH_SIZE / ref if ref else 1.0)
         # the online classifier: its own base LR (scaled with the batch like BASE_LR), no weight decay
