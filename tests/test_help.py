@@ -18,7 +18,7 @@ COMMANDS = {
     "rimifm-make-fmnist-scenes": ("synthetic.cli", "scenes_main", "tools/make_fmnist_scenes.py"),
     "rimifm-make-tables": ("reporting.cli", "main", "tools/make_tables.py"),
     "rimifm-demo": ("demo.runner", "main", "tools/demo.py"),
-    "rimifm-study": ("demo.study", "main", "tools/study.py"),
+    "rimifm-study": ("demo.study_cli", "main", "tools/study.py"),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 # package: put the checkout there instead (this also runs from a checkout that is not pip-installed).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from demo.study import cli  # noqa: E402
+from demo.study_cli import cli  # noqa: E402
 
 if __name__ == "__main__":
     cli()

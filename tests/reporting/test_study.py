@@ -113,7 +113,8 @@ def test_one_seed_report_uses_the_standard_errors(tmp_path):
 
 
 def test_a_study_of_one_seed_cannot_be_asked_for_a_paired_test(tmp_path):
-    from demo.study import Study, build_parser, plan_from_args
+    from demo.study import Study
+    from demo.study_cli import build_parser, plan_from_args
 
     a = build_parser().parse_args(["--config", "fmnist_cpu_byol.yaml", "--seeds", "0", "--out", str(tmp_path)])
     with pytest.raises(UserError, match=r"a paired test across seeds needs at least 2 seeds \(got 1: 0\)"):
@@ -122,7 +123,7 @@ def test_a_study_of_one_seed_cannot_be_asked_for_a_paired_test(tmp_path):
 
 
 def test_overrides_may_follow_the_seeds_and_extra_variants_keep_their_own():
-    from demo.study import build_parser, plan_from_args, split_overrides
+    from demo.study_cli import build_parser, plan_from_args, split_overrides
 
     argv = ["--config", "fmnist_cpu_byol.yaml", "--seeds", "0", "1", "DATA.ROOT", "/data", "--extra", "r50",
             "RIM.ENABLED", "true", "RIM.RATIO", "0.5", "--k", "5", "TRAIN.PROGRESS", "false"]
