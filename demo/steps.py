@@ -53,6 +53,7 @@ class Steps:
         self.name, self.total = name, total
         self.t0 = time.perf_counter()
         self.number = 0
+        self.ran = 0  # steps run (not reused) so far
 
     def elapsed(self) -> str:
         mins, secs = divmod(int(time.perf_counter() - self.t0), 60)
@@ -76,6 +77,7 @@ class Steps:
         A step's error stops the chain with that step's message.
         """
         print("  $ " + " ".join(shell_quote(str(a)) for a in ["python", *args]), flush=True)
+        self.ran += 1
         main = COMMANDS[args[0]]
         again = f"Fix it and run the {self.name} again: finished steps are reused"
         try:

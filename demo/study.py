@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,17 @@ class Study:
         cfg.SEED, cfg.OUTPUT_DIR = 0, ""
         return cfg
 
+    def calibrations(self) -> list[dict]:
+        """Every calibration figure an invocation that ran steps measured, oldest first, with its date: a study
+        continued on another day keeps the figure its earlier steps ran at (an older manifest holds one)."""
+        path = self.plan.out / "manifest.json"
+        old = read_json(path) if path.is_file() else {}
+        out = list(old.get("calibrations") or ([{"images_per_s": old["calibration_images_per_s"], "date": None}]
+                                               if old.get("calibration_images_per_s") else []))
+        if self.plan.calibration and (self.steps.ran or not out):
+            out.append({"images_per_s": self.plan.calibration, "date": time.strftime("%Y-%m-%d")})
+        return out
+
     # ------------------------------------------------------------------------------------------- steps
 
     def label(self, name: str) -> str:
@@ -303,6 +315,7 @@ class Study:
             "k": p.k, "temperature": p.temperature, "test": p.test, "base": "base",
             "detection": Path(p.detection).name if p.detection else None, "det_opts": list(det_opts),
             "command": p.command, "code_version": code_version(), "calibration_images_per_s": p.calibration,
+            "calibrations": self.calibrations(),
             "rows": rows, "order": list(rows),
         }
         atomic_write_text(p.out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")

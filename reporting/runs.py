@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import ADDED_AT_OLD_VALUE  # at that value a key added later is left out
 from reporting.protocols import BEST_EPOCH, MASKED_VIEWS, linear_protocol_name
 from reporting.render import DASH
 from rimifm.errors import UserError
@@ -155,6 +154,9 @@ def _pretraining_of(rec: PretrainRecord) -> Pretraining:
     name = rec.dataset["name"] if isinstance(rec.dataset, dict) else rec.dataset
     recipe = ""
     if isinstance(rec.config, dict):
+        # imported here, not with the module: pretrain.config brings PyTorch, which `make_tables --help` need not
+        from pretrain.config import ADDED_AT_OLD_VALUE
+
         flat = _flatten(rec.config)
         recipe = stable_hash({k: v for k, v in flat.items()
                               if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from reporting.groups import mean_std
 from reporting.paired import ALPHA, paired_test
 from reporting.plots import Figure, _save, matplotlib
+from reporting.provenance import calibration_line, code_line, dates_line, read_step_record
 from reporting.runs import binomial_se
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
@@ -46,53 +46,6 @@ def backbone_title(name: str) -> str:
     return f"ResNet-{name[len('resnet'):]}" if name.startswith("resnet") and name[6:].isdigit() else name
 
 
-def _read(path: str | None, what: str) -> dict:
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"the {what} record {path} cannot be read ({exc}); run the study again to redo it") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _step_records(manifest: dict) -> list[tuple[str, dict]]:
-    """(kind, record) of every step record the manifest names that exists here."""
-    out = []
-    for row in (manifest.get("rows") or {}).values():
-        for paths in (row.get("runs") or {}).values():
-            for kind, path in paths.items():
-                if path and Path(path).is_file():
-                    out.append((kind, _read(path, kind)))
-    return out
-
-
-def code_line(manifest: dict) -> str:
-    """The code the report was written with and, where it differs, the code each kind of step ran with (a study
-    continued later reuses its finished steps)."""
-    report = manifest.get("code_version") or "unknown"
-    made: dict[str, set[str]] = {}
-    for kind, record in _step_records(manifest):
-        if record.get("code_version"):
-            made.setdefault(record["code_version"], set()).add(kind)
-    if not made or set(made) == {report}:
-        return report
-    runs = ", ".join(f"{v} ({', '.join(sorted(k))})" for v, k in sorted(made.items()))
-    return f"{report} (this report); its steps ran at {runs}"
-
-
-def dates_line(manifest: dict) -> str:
-    """When the steps ran: the first and last date their records carry, and how many records predate the field."""
-    records = _step_records(manifest)
-    days = sorted(str(r["finished_at"])[:10] for _, r in records if r.get("finished_at"))
-    undated = len(records) - len(days)
-    if not days:
-        return "not recorded (every step record predates `finished_at`)" if records else "no step records here"
-    text = days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}"
-    text = f"steps finished {text} (local dates of their records' `finished_at`)"
-    return text + (f"; {undated} of {len(records)} records predate the field" if undated else "")
-
-
 class Row:
     """One row: kNN top-1 per seed, plus the training time and online curve of each seed's pretraining."""
 
@@ -104,12 +57,12 @@ class Row:
         self.curves: dict[str, list[dict]] = {}
         self.pixels_online: float | None = None
         for seed, paths in sorted(spec["runs"].items()):
-            knn = _read(paths.get("knn"), "kNN")
+            knn = read_step_record(paths.get("knn"), "kNN")
             if "metrics" not in knn:
                 raise UserError(f"{paths.get('knn')}: no kNN result; run the study again to redo it")
             self.top1[seed] = float(knn["metrics"]["top1"])
             self.num_val[seed] = int(knn.get("num_val") or 0)
-            pre = _read(paths.get("pretrain"), "pretraining")
+            pre = read_step_record(paths.get("pretrain"), "pretraining")
             if pre.get("train_time_s") is not None:
                 self.time[seed] = float(pre["train_time_s"])
             if pre.get("knn_curve"):
@@ -150,7 +103,7 @@ class DetRow:
         for seed, paths in sorted(spec["runs"].items()):
             if not paths.get("detection"):
                 continue
-            record = _read(paths["detection"], "detection")
+            record = read_step_record(paths["detection"], "detection")
             metrics, se = record.get("metrics") or {}, record.get("metrics_se") or {}
             if "AP50" not in metrics:
                 raise UserError(f"{paths['detection']}: no AP50; run the study again to redo that fine-tuning")
@@ -243,6 +196,7 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
     order = sorted(rows.values(), key=lambda r: ({"variant": 0, "supervised": 1, "random-init": 2,
                                                   "raw-pixels": 3}.get(r.kind, 4), r.key != base_key,
                                                  _variant_rank(r.key, manifest)))
+    rows = {row.key: row for row in order}  # the findings and the curves follow the table's order too
     deltas: dict[str, dict | None] = {}
     for row in order:
         mean, unc, kind = row.stat()
@@ -286,8 +240,7 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
         lines.append(f"- Command: `{manifest['command']}`")
     lines.append(f"- Code: {code_line(manifest)}")
     lines.append(f"- When: {dates_line(manifest)}")
-    cal = manifest.get("calibration_images_per_s")
-    lines.append("- Machine: calibration figure " + (f"{cal:g} images/s" if cal else "not measured")
+    lines.append(f"- Machine: {calibration_line(manifest)}"
                  + " (`python benchmarks/pretrain_throughput.py --batch 64`, base; a slow 2-core machine gives "
                    "about 36-56).")
     if manifest.get("opts"):

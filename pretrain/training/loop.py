@@ -5,6 +5,7 @@ The command around it (python tools/pretrain.py --config ... [KEY VALUE ...]) is
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -350,6 +351,15 @@ class PretrainRun(OnlineEvaluations):
         self.save(self.last_path)
         self.env.barrier()
 
+    def _finished_at(self, steps: int) -> str | None:
+        """The date of the record already here when it is of the same steps (a finished run run again keeps it);
+        None lets write_record date the record now."""
+        try:
+            old = json.loads((self.out_dir / "record.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return old.get("finished_at") if isinstance(old, dict) and old.get("steps") == steps else None
+
     def finish(self) -> dict:
         """Write record.json (main process) and return the record."""
         p = self.progress
@@ -365,7 +375,7 @@ class PretrainRun(OnlineEvaluations):
             if self.monitor is not None and {"knn_top1", "knn_top1_init", "knn_top1_pixels"} <= set(h):
                 print(f"kNN top-1 after {p.step} steps: {h['knn_top1']:.2f}% (initialisation {h['knn_top1_init']:.2f}%, "
                       f"raw pixels {h['knn_top1_pixels']:.2f}%; {self.monitor.describe()})")
-            write_record(self.out_dir / "record.json", record)
+            write_record(self.out_dir / "record.json", {**record, "finished_at": self._finished_at(p.step)})
             print(f"checkpoint: {self.last_path}")
             print(f"record: {self.out_dir / 'record.json'}")
         return record

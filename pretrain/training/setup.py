@@ -33,7 +33,8 @@ def resolve_precision(cfg, device: torch.device) -> str:
 
 def cpu_bf16_hazards(backbone: torch.nn.Module, image_size: int) -> list[str]:
     """The convolutions whose bf16 weight gradient oneDNN gets wrong on a CPU: strided, padded ones with a
-    kernel over 1x1 fed a 1x1 map (layer4.0.conv1 of a ResNet with the ImageNet stem at 16-31 px). Measured
+    kernel over 1x1 fed a 1x1 map (layer4.0.conv1 of a ResNet with the ImageNet stem at 9-16 px, and
+    layer3.0.conv1 too at 8 px or less). Measured
     with PyTorch 2.14.1: the taps that see only the padding get garbage instead of zero, non-finite in about
     half the steps; fp32, and bf16 with oneDNN off, are exact (docs/pretraining.md)."""
     found: list[str] = []

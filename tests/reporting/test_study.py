@@ -88,6 +88,12 @@ def test_report_gives_each_variant_its_paired_test_and_the_anchors(tmp_path):
     assert "85.47 ± 0.35 (SE)" in lines["raw pixels"]  # one number: its binomial SE on 10000 images
     assert "BYOL+IFM vs BYOL: +2.07 points, p = 2.6e-04: significant, higher than BYOL." in text
     assert transfer == [] and "Detection transfer" not in text  # no detection step, no section
+    assert "\n- When: not recorded" in text  # these fake records carry no date
+    from reporting.provenance import calibration_line
+
+    assert calibration_line({"calibration_images_per_s": 198.0}) == "calibration figure 198 images/s"
+    two = {"calibrations": [{"images_per_s": 198.0, "date": None}, {"images_per_s": 178.9, "date": "2026-12-05"}]}
+    assert calibration_line(two).startswith("calibration figures 198 images/s, 178.9 images/s (2026-12-05), one")
     assert "BYOL minus each anchor, in points: random init +3.00, raw pixels -5.47, supervised ceiling -10.00." \
         in text
     assert "calibration figure 150 images/s" in text and "python tools/study.py" in text
@@ -183,6 +189,8 @@ def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overr
     (tmp_path / "study.json").write_text(json.dumps({**stamp, "config": "/elsewhere/fmnist_cpu_byol.yaml",
                                                      "config_hash": config_hash(recipe)}))
     study().check_out_folder()
+    (tmp_path / "study.json").write_text(json.dumps({**stamp, "config_hash": config_hash(study()._recipe_cfg())}))
+    study().check_out_folder()  # a stamp of before recipe_hash: the whole config's hash
     with pytest.raises(UserError, match="holds study runs of another recipe"):  # but not at another value
         study(opts=("BYOL.LOSS_SCALE", "mean")).check_out_folder()
 
@@ -250,7 +258,7 @@ def test_detection_runs_are_named_after_their_scene_set(tmp_path):
 
 def test_the_code_and_dates_lines_name_the_commits_and_days_the_steps_ran_at(tmp_path):
     """A study continued later reuses finished steps: the report says which code made which kind of step, and when."""
-    from reporting.study import code_line, dates_line
+    from reporting.provenance import code_line, dates_line
 
     manifest = _manifest(tmp_path, [0], {"base": ("BYOL", "variant", {0: 80.0}, 100.0)}, test="none")
     assert code_line(manifest) == "0.1.0+abc"  # records without a version: the report's only
@@ -263,7 +271,7 @@ def test_the_code_and_dates_lines_name_the_commits_and_days_the_steps_ran_at(tmp
     for kind, day in (("knn", "2026-12-05"), ("pretrain", "2026-12-04")):
         rec = json.loads(Path(paths[kind]).read_text())
         Path(paths[kind]).write_text(json.dumps({**rec, "finished_at": f"{day}T10:00:00+0000"}))
-    assert dates_line(manifest).startswith("steps finished 2026-12-04 to 2026-12-05 ")
+    assert dates_line(manifest).startswith("the dated steps finished 2026-12-04 to 2026-12-05 ")
 
 
 def test_rows_keep_their_order_whatever_order_the_manifest_json_keeps(tmp_path):
@@ -276,5 +284,8 @@ def test_rows_keep_their_order_whatever_order_the_manifest_json_keeps(tmp_path):
     manifest = _manifest(tmp_path, [0, 1], rows)
     manifest["order"] = list(manifest["rows"])
     manifest["rows"] = dict(sorted(manifest["rows"].items()))  # as json.dump(sort_keys=True) gives them back
-    _, table, _, _, _ = build_report(manifest)
+    text, table, _, rows_out, _ = build_report(manifest)
     assert [r[0] for r in table[1:]] == ["BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+X", "BYOL+A"]
+    findings = [line.split(" vs ")[0] for line in text.splitlines() if line.startswith("- BYOL+") and " vs " in line]
+    assert findings == ["- BYOL+RIM", "- BYOL+IFM", "- BYOL+X", "- BYOL+A"]  # the findings too, and the curves
+    assert [r.label for r in rows_out.values()] == ["BYOL", "BYOL+RIM", "BYOL+IFM", "BYOL+X", "BYOL+A"]

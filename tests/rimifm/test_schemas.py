@@ -241,9 +241,11 @@ def test_the_code_version_is_the_one_the_process_started_with(monkeypatch) -> No
     from rimifm import records
 
     records.code_version.cache_clear()
-    first = records.code_version()
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="0000later\n"))
-    assert records.code_version() == first
-    records.code_version.cache_clear()
-    assert records.code_version().endswith("+0000later")  # what a new process would read
-    records.code_version.cache_clear()
+    try:
+        first = records.code_version()
+        monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="0000later\n"))
+        assert records.code_version() == first
+        records.code_version.cache_clear()
+        assert records.code_version().endswith("+0000later")  # what a new process would read
+    finally:
+        records.code_version.cache_clear()

@@ -55,8 +55,9 @@ def test_precision_resolution():
 
 
 def test_the_cpu_bf16_hazard_is_found_where_onednn_gets_the_weight_gradient_wrong():
-    """A strided 3x3 conv fed a 1x1 map: its bf16 weight gradient over the padding taps must be zero, and
-    oneDNN's (PyTorch 2.14.1) is not; the run warns for exactly the layers that meet it (see below)."""
+    """A strided 3x3 conv fed a 1x1 map: its bf16 weight gradient over the padding taps must be zero (as the
+    reference kernel computes it; oneDNN's of PyTorch 2.14.1 did not, docs/pretraining.md), and the run finds
+    exactly the layers that meet such a map."""
     from pretrain.method.models import build_backbone
     from pretrain.training.setup import cpu_bf16_hazards
 
@@ -76,9 +77,22 @@ def test_the_cpu_bf16_hazard_is_found_where_onednn_gets_the_weight_gradient_wron
 
     assert grad_over_padding_is_zero(mkldnn=False)  # the reference kernel: exact
     imagenet_stem = build_backbone("resnet18")
+    state, rng = {k: v.clone() for k, v in imagenet_stem.state_dict().items()}, torch.get_rng_state()
     assert cpu_bf16_hazards(imagenet_stem, 16) == ["layer4.0.conv1"]  # layer3 leaves a 1x1 map at 16 px
-    assert cpu_bf16_hazards(imagenet_stem, 64) == [] and imagenet_stem.training  # its mode is left as it was
+    assert cpu_bf16_hazards(imagenet_stem, 8) == ["layer3.0.conv1", "layer4.0.conv1"]
+    assert cpu_bf16_hazards(imagenet_stem, 24) == [] and cpu_bf16_hazards(imagenet_stem, 64) == []  # 2x2 and more
+    # the look leaves the backbone as it was: mode, weights, BN statistics, and the global RNG
+    assert imagenet_stem.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, state[k]) for k, v in imagenet_stem.state_dict().items())
     assert cpu_bf16_hazards(build_backbone("resnet18", cifar_stem=True), 16) == []
+
+
+def test_a_bf16_run_on_a_cpu_warns_of_the_layers_onednn_gets_wrong(tiny_data, tmp_path, capsys):
+    make_run(tiny_data, tmp_path / "a", **{"TRAIN.PRECISION": "bf16"})  # ResNet-18, ImageNet stem, 16 px
+    assert "warning: bf16 on a CPU: layer4.0.conv1 sees a 1x1 map at DATA.IMAGE_SIZE 16" in capsys.readouterr().out
+    make_run(tiny_data, tmp_path / "b", **{"TRAIN.PRECISION": "bf16", "MODEL.CIFAR_STEM": "true"})
+    make_run(tiny_data, tmp_path / "c")  # fp32
+    assert "warning: bf16" not in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -104,13 +104,15 @@ def test_explicit_resume_and_finished_run_is_a_no_op(tiny_data, tmp_path, run_he
     assert r.returncode == 0, r.stderr
     assert "at step 3 (epoch 1)" in r.stdout
     assert json.loads((second / "record.json").read_text())["steps"] == 6
-    before = json.loads((second / "record.json").read_text())
+    before = {**json.loads((second / "record.json").read_text()), "finished_at": "2026-01-02T03:04:05+0000"}
+    (second / "record.json").write_text(json.dumps(before))  # as if it had finished long ago
     again = run_here(tiny_overrides(tiny_data, second))
     assert again.returncode == 0 and "at step 6" in again.stdout
     assert "epoch 1/" not in again.stdout
     after = json.loads((second / "record.json").read_text())  # re-running a finished run keeps its figures
     assert after["images_per_s"] == before["images_per_s"] and after["images_per_s"] > 0
     assert after["metrics"] == before["metrics"] and "loss" in after["metrics"]
+    assert after["finished_at"] == before["finished_at"]  # and its date
 
 
 @pytest.mark.slow
