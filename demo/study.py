@@ -24,6 +24,7 @@ from demo.steps import Steps, read_json
 from detection.config import read_config as read_detection_config
 from detection.datasets import FMNIST_SCENES_FOLDER, dataset_root
 from pretrain.config import config_hash, load_config, recipe_hash, resolve_config_path
+from reporting.provenance import calibrations
 from reporting.study import backbone_title, dataset_title, write_report
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
@@ -165,9 +166,7 @@ class Study:
         """Every calibration figure an invocation that ran steps measured, oldest first, with its date: a study
         continued on another day keeps the figure its earlier steps ran at (an older manifest holds one)."""
         path = self.plan.out / "manifest.json"
-        old = read_json(path) if path.is_file() else {}
-        out = list(old.get("calibrations") or ([{"images_per_s": old["calibration_images_per_s"], "date": None}]
-                                               if old.get("calibration_images_per_s") else []))
+        out = calibrations(read_json(path)) if path.is_file() else []
         if self.plan.calibration and (self.steps.ran or not out):
             out.append({"images_per_s": self.plan.calibration, "date": time.strftime("%Y-%m-%d")})
         return out
@@ -314,8 +313,7 @@ class Study:
             "epochs": self.cfg.TRAIN.EPOCHS, "batch_size": self.cfg.DATA.BATCH_SIZE, "opts": list(p.opts),
             "k": p.k, "temperature": p.temperature, "test": p.test, "base": "base",
             "detection": Path(p.detection).name if p.detection else None, "det_opts": list(det_opts),
-            "command": p.command, "code_version": code_version(), "calibration_images_per_s": p.calibration,
-            "calibrations": self.calibrations(),
+            "command": p.command, "code_version": code_version(), "calibrations": self.calibrations(),
             "rows": rows, "order": list(rows),
         }
         atomic_write_text(p.out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")

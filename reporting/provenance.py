@@ -20,7 +20,7 @@ def read_step_record(path: str | None, what: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _step_records(manifest: dict) -> list[tuple[str, dict]]:
+def step_records(manifest: dict) -> list[tuple[str, dict]]:
     """(kind, record) of every step record the manifest names that exists here."""
     out = []
     for row in (manifest.get("rows") or {}).values():
@@ -31,12 +31,12 @@ def _step_records(manifest: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def code_line(manifest: dict) -> str:
+def code_line(manifest: dict, records: list[tuple[str, dict]] | None = None) -> str:
     """The code the report was written with and, where it differs, the code each kind of step ran with (a study
-    continued later reuses its finished steps)."""
+    continued later reuses its finished steps). `records`: step_records(manifest), when read already."""
     report = manifest.get("code_version") or "unknown"
     made: dict[str, set[str]] = {}
-    for kind, record in _step_records(manifest):
+    for kind, record in step_records(manifest) if records is None else records:
         if record.get("code_version"):
             made.setdefault(record["code_version"], set()).add(kind)
     if not made or set(made) == {report}:
@@ -45,9 +45,9 @@ def code_line(manifest: dict) -> str:
     return f"{report} (this report); its steps ran at {runs}"
 
 
-def dates_line(manifest: dict) -> str:
+def dates_line(manifest: dict, records: list[tuple[str, dict]] | None = None) -> str:
     """When the steps ran: the first and last date their records carry, and how many records predate the field."""
-    records = _step_records(manifest)
+    records = step_records(manifest) if records is None else records
     days = sorted(str(r["finished_at"])[:10] for _, r in records if r.get("finished_at"))
     undated = len(records) - len(days)
     if not days:
@@ -57,10 +57,18 @@ def dates_line(manifest: dict) -> str:
     return text + (f"; {undated} of {len(records)} records predate the field" if undated else "")
 
 
+def calibrations(manifest: dict) -> list[dict]:
+    """The calibration figure ({images_per_s, date}) of each invocation that ran steps, oldest first; a manifest
+    written before the list holds one figure, undated."""
+    if "calibrations" in manifest:
+        return list(manifest["calibrations"])
+    legacy = manifest.get("calibration_images_per_s")
+    return [{"images_per_s": legacy, "date": None}] if legacy else []
+
+
 def calibration_line(manifest: dict) -> str:
     """The calibration figure of each invocation that ran steps (a study continued later has several)."""
-    cals = manifest.get("calibrations") or ([{"images_per_s": manifest["calibration_images_per_s"], "date": None}]
-                                            if manifest.get("calibration_images_per_s") else [])
+    cals = calibrations(manifest)
     if not cals:
         return "not measured"
     text = ", ".join(f"{c['images_per_s']:g} images/s" + (f" ({c['date']})" if c.get("date") else "")
@@ -69,4 +77,4 @@ def calibration_line(manifest: dict) -> str:
         else "calibration figure " + text
 
 
-__all__ = ["calibration_line", "code_line", "dates_line", "read_step_record"]
+__all__ = ["calibration_line", "calibrations", "code_line", "dates_line", "read_step_record", "step_records"]

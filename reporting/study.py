@@ -24,7 +24,7 @@ from typing import Any
 from reporting.groups import mean_std
 from reporting.paired import ALPHA, paired_test
 from reporting.plots import Figure, _save, matplotlib
-from reporting.provenance import calibration_line, code_line, dates_line, read_step_record
+from reporting.provenance import calibration_line, code_line, dates_line, read_step_record, step_records
 from reporting.runs import binomial_se
 from rimifm.errors import UserError
 from rimifm.io import atomic_write_text
@@ -238,8 +238,9 @@ def build_report(manifest: dict) -> tuple[str, list[list[str]], list[list[str]],
                      f"fine-tuning: `{' '.join(manifest.get('det_opts') or []) or 'none'}`.")
     if manifest.get("command"):
         lines.append(f"- Command: `{manifest['command']}`")
-    lines.append(f"- Code: {code_line(manifest)}")
-    lines.append(f"- When: {dates_line(manifest)}")
+    records = step_records(manifest)  # read once for both lines
+    lines.append(f"- Code: {code_line(manifest, records)}")
+    lines.append(f"- When: {dates_line(manifest, records)}")
     lines.append(f"- Machine: {calibration_line(manifest)}"
                  + " (`python benchmarks/pretrain_throughput.py --batch 64`, base; a slow 2-core machine gives "
                    "about 36-56).")

@@ -274,6 +274,19 @@ def test_the_code_and_dates_lines_name_the_commits_and_days_the_steps_ran_at(tmp
     assert dates_line(manifest).startswith("the dated steps finished 2026-12-04 to 2026-12-05 ")
 
 
+def test_a_continued_study_keeps_the_calibration_figure_of_every_invocation_that_ran_steps(tmp_path):
+    from demo.study import VARIANTS, Plan, Study
+
+    study = Study(Plan(config="fmnist_cpu_byol.yaml", seeds=[0], out=tmp_path, results=tmp_path / "r",
+                       variants=list(VARIANTS.items()), test="none", calibration=178.9))
+    assert [c["images_per_s"] for c in study.calibrations()] == [178.9]  # a first invocation
+    (tmp_path / "manifest.json").write_text(json.dumps({"calibration_images_per_s": 198.0}))  # of before the list
+    assert study.calibrations() == [{"images_per_s": 198.0, "date": None}]  # nothing ran: nothing to add
+    study.steps.ran = 1
+    later = study.calibrations()
+    assert [c["images_per_s"] for c in later] == [198.0, 178.9] and later[1]["date"]
+
+
 def test_rows_keep_their_order_whatever_order_the_manifest_json_keeps(tmp_path):
     """manifest.json is written with sorted keys: a report made from it again lists the rows as the study did."""
     rows = {"base": ("BYOL", "variant", {0: 80.0, 1: 81.0}, 100.0),
