@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +35,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        free = shutil.disk_usage(path.parent).free
+        raise UserError(f"could not write {path}: the disk (or a quota) is full ({written / 2**20:.0f} MB written, "
+                        f"{free / 2**20:.0f} MB free in {path.parent} once that was removed); free some space "
+                        "or write elsewhere (OUTPUT_DIR, --out)") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether a write failed for want of space: ENOSPC or EDQUOT, or torch.save's symptom of them (its zip
+    writer reports a short write as 'unexpected pos A vs B')."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "unexpected pos" in str(err)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

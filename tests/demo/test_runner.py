@@ -154,7 +154,7 @@ def test_runs_folder_stamp_follows_the_data_through_deletion_and_regeneration(tm
     assert json.loads(stamp.read_text()) == recorded
 
 
-OPTS = ("MODEL.CIFAR_STEM", "true", "TRAIN.MAX_STEPS", "1", "TRAIN.KNN_PERIOD", "0")
+OPTS = ("MODEL.CIFAR_STEM", "true", "TRAIN.MAX_STEPS", "1", "TRAIN.KNN_PERIOD", "0", "MODEL.BACKBONE", "resnet_tiny")
 
 
 @pytest.mark.slow
@@ -171,6 +171,7 @@ def test_demo_without_detection_passes_pretraining_overrides_to_every_run(tmp_pa
     # the random backbone it is compared with has the same stem, and the runs' folder names the overrides
     random_init = [r for r in records if r["kind"] in ("knn", "linear") and r["source"] == "random-init"]
     assert len(random_init) == 2 and all(r["cifar_stem"] is True for r in random_init)
+    assert {r["backbone"] for r in records} == {"resnet_tiny"}  # the backbone override reaches every run
     assert [p.name for p in (runs / "synthetic").iterdir()] == [f"e1-o{opts_tag(OPTS)[2:]}"]
     assert "| random init |" in (tmp_path / "tables" / "classification.md").read_text()
 

@@ -37,6 +37,10 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATALOADER.NUM_WORKERS", "0
         "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32", "SOLVER.IMS_PER_BATCH", "2",
         "TEST.PRECISE_BN.NUM_ITER", "2", "SOLVER.WARMUP_ITERS", "1"]
+# the CPU-scale ResNet (resnet_tiny's layout) for the end-to-end runs: a checkpoint of a few MB where R18-FPN's
+# is over 100 MB (CI machines can be short of disk)
+SMALL = ["MODEL.RESNETS.DEPTH", "10", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+         "RIMIFM.STEM", "small"]
 
 
 def _cfg(name: str, tmp_path: Path, *opts: str):
@@ -218,12 +222,12 @@ def test_a_few_iterations_lower_the_loss(det_synth: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_train_eval_only_and_resume(det_synth: Path, tmp_path: Path, capsys) -> None:
-    common = [*TINY, "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+    common = [*TINY, *SMALL, "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
               "SEED", "0"]
     out = tmp_path / "run"
     rec = tv.run(_args("synthetic_r18_fpn.yaml", [*common, "OUTPUT_DIR", str(out)]))
     printed = capsys.readouterr().out
-    assert "synthetic R18-FPN 4it (torchvision): AP" in printed and f"record: {out / 'record.json'}" in printed
+    assert "synthetic R10-FPN 4it (torchvision): AP" in printed and f"record: {out / 'record.json'}" in printed
     assert rec["engine"] == "torchvision" and rec["iterations"] == 4 and rec["start_iteration"] == 0
     assert set(rec["metrics"]) == {"AP", "AP50", "AP75"} and rec["sec_per_iter"] > 0
     # our VOC evaluator's bootstrap over the test images gives the metrics' standard errors
@@ -302,7 +306,7 @@ run_cli(main)
 @pytest.mark.slow
 def test_two_cpu_processes_under_torchrun(det_synth: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    opts = [*TINY, "SOLVER.IMS_PER_BATCH", "4", "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4",
+    opts = [*TINY, *SMALL, "SOLVER.IMS_PER_BATCH", "4", "RIMIFM.SYNTHETIC_ROOT", str(det_synth), "SOLVER.MAX_ITER", "4",
             "SOLVER.CHECKPOINT_PERIOD", "1000", "SEED", "0", "OUTPUT_DIR", str(out)]
     # --num-gpus N spawns one process per GPU; CPU processes come from torchrun, which the refusal names
     with pytest.raises(UserError, match=r"--num-gpus 2 .*MODEL.DEVICE is 'cpu'.*nproc_per_node N"):
@@ -315,7 +319,7 @@ def test_two_cpu_processes_under_torchrun(det_synth: Path, tmp_path: Path) -> No
            "--config", "synthetic_r18_fpn.yaml", "--engine", "torchvision", *opts]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.count("record:") == 1 and "synthetic R18-FPN 4it (torchvision): AP" in r.stdout  # rank 0 only
+    assert r.stdout.count("record:") == 1 and "synthetic R10-FPN 4it (torchvision): AP" in r.stdout  # rank 0 only
     rec = json.loads((out / "record.json").read_text())
     assert rec["engine"] == "torchvision" and rec["world_size"] == 2 and rec["iterations"] == 4
     assert rec["start_iteration"] == 0 and set(rec["metrics"]) == {"AP", "AP50", "AP75"}

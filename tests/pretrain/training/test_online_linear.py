@@ -125,7 +125,7 @@ def test_pretraining_records_online_linear_and_steps_the_lr_per_epoch(tiny_data,
     lrs = [[row["lr"] for row in steps if row["epoch"] == e] for e in (0, 1)]
     assert len(set(lrs[0])) == 1 and len(set(lrs[1])) == 1 and lrs[0][0] != lrs[1][0]
     state = torch.load(out / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)["model"]
-    assert state["classifier.weight"].shape == (3, 512)
+    assert state["classifier.weight"].shape == (3, 128)  # resnet_tiny's 128 features
 
 
 def test_online_linear_needs_labelled_images(tmp_path, capsys):
