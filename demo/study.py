@@ -20,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from demo.steps import Steps, read_json
 from detection.config import read_config as read_detection_config
 from detection.datasets import FMNIST_SCENES_FOLDER, dataset_root
-from pretrain.config import config_hash, load_config, recipe_hash, resolve_config_path
+from pretrain.config import config_hash, load_config, recipe_differences, recipe_hash, resolve_config_path
 from reporting.provenance import calibrations
 from reporting.study import backbone_title, dataset_title, write_report
 from rimifm.errors import UserError
@@ -135,25 +137,36 @@ class Study:
 
     def check_out_folder(self) -> None:
         """The runs folder remembers its recipe (file name and `recipe_hash`: a moved checkout or a key added since
-        is the same recipe; older stamps hold the whole config_hash) and what each variant name overrides: another
+        is the same recipe; older stamps hold the whole config_hash, or one of a time when only some of the added
+        keys existed, and then the folder's recipe.yaml decides) and what each variant name overrides: another
         recipe, or a name that now means other overrides, needs another --out (new variants are added)."""
         stamp = self.plan.out / "study.json"
         recipe = self._recipe_cfg()
         want = {"config": str(resolve_config_path(self.plan.config).resolve()), "config_hash": recipe_hash(recipe)}
         variants = {name: list(overrides) for name, overrides in self.plan.variants}
         have = read_json(stamp) if stamp.is_file() else {**want, "variants": {}}
-        if Path(str(have.get("config"))).name != Path(want["config"]).name or \
-                have.get("config_hash") not in (want["config_hash"], config_hash(recipe)):
+        matches = have.get("config_hash") in (want["config_hash"], config_hash(recipe))
+        differ = None if matches else self._recipe_differences(recipe)
+        if Path(str(have.get("config"))).name != Path(want["config"]).name or not (matches or differ == []):
+            detail = f"; {'; '.join(differ[:3])}" if differ else ""
             raise UserError(f"{self.plan.out} holds {self.plan.name} runs of another recipe or other overrides "
-                            f"({stamp}); pass another --out, or delete that folder to start again")
+                            f"({stamp}{detail}); pass another --out, or delete that folder to start again")
         known = have.get("variants") or {}
         changed = [n for n, o in variants.items() if n in known and known[n] != o]
         if changed:
             raise UserError(f"{self.plan.out} holds runs of variant(s) {', '.join(changed)} made with other overrides "
                             f"({stamp}); give the variant another name, or pass another --out")
-        if not stamp.is_file() or set(variants) - set(known):
+        if not matches or not stamp.is_file() or set(variants) - set(known):
             self.plan.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(stamp, json.dumps({**want, "variants": {**known, **variants}}, indent=1) + "\n")
+
+    def _recipe_differences(self, recipe) -> list[str] | None:
+        """How the folder's merged recipe (recipe.yaml, written by every run of the study) differs from `recipe`;
+        None when the folder has none."""
+        path = self.plan.out / "recipe.yaml"
+        if not path.is_file():
+            return None
+        return recipe_differences(yaml.safe_load(path.read_text()) or {}, recipe)
 
     def _recipe_cfg(self):
         """The merged recipe without what only names a run (seed, output folder)."""

@@ -6,6 +6,7 @@ Unknown keys and values of the wrong type are user errors that name the key.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -193,6 +194,27 @@ def recipe_hash(cfg: CfgNode) -> str:
     return config_hash(data, ignore=("OUTPUT_DIR",))
 
 
+def recipe_differences(before: dict, now: CfgNode) -> list[str]:
+    """What makes two merged configs different recipes, one 'KEY: A there, B here' a key: OUTPUT_DIR and SEED
+    are left out, and so is a key of ADDED_AT_OLD_VALUE at its old value (or absent), whatever keys existed
+    when `before` was written."""
+    a, b = _recipe_items(before), _recipe_items(config_to_dict(now))
+    absent = "(absent)"
+    return [f"{key}: {a.get(key, absent)} there, {b.get(key, absent)} here" for key in sorted(set(a) | set(b))
+            if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True)]
+
+
+def _recipe_items(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = prefix + str(key)
+        if isinstance(value, dict):
+            out.update(_recipe_items(value, name + "."))
+        elif name not in ("OUTPUT_DIR", "SEED") and not (name in ADDED_AT_OLD_VALUE and value == ADDED_AT_OLD_VALUE[name]):
+            out[name] = value
+    return out
+
+
 def online_linear_views(cfg: CfgNode) -> str:
     """The views the online classifier trains on: "masked" under RIM with ONLINE_LINEAR.VIEWS masked, else
     "clean" (without RIM every view is clean)."""
@@ -316,4 +338,4 @@ def _key_error_text(exc: BaseException) -> str:
 
 
 __all__ = ["ADDED_AT_OLD_VALUE", "CONFIG_DIR", "CfgNode", "config_hash", "config_to_dict", "get_default_config",
-           "load_config", "recipe_hash", "resolve_config_path", "validate_config"]
+           "load_config", "recipe_differences", "recipe_hash", "resolve_config_path", "validate_config"]

@@ -195,6 +195,39 @@ def test_the_runs_folder_refuses_another_recipe_or_a_variant_name_with_new_overr
         study(opts=("BYOL.LOSS_SCALE", "mean")).check_out_folder()
 
 
+def test_a_stamp_from_between_two_added_keys_is_decided_by_the_folder_s_recipe(tmp_path):
+    """A study stamped when BYOL.LOSS_SCALE existed but the ONLINE_LINEAR keys did not (a real folder of
+    2026-12-04) matches neither hash; its recipe.yaml shows the same recipe, so it is accepted and restamped,
+    and a real difference is named key by key."""
+    from demo.study import VARIANTS, Plan, Study
+    from rimifm.config import config_hash
+
+    def study(opts=()):
+        return Study(Plan(config="fmnist_cpu_byol.yaml", seeds=[0], out=tmp_path, results=tmp_path / "r",
+                          variants=list(VARIANTS.items()), opts=opts, test="none"))
+
+    then = study().cfg.clone()
+    then.defrost()
+    del then.ONLINE_LINEAR["VIEWS"], then.ONLINE_LINEAR["BN_IMAGES"]
+    (tmp_path / "recipe.yaml").write_text(then.dump())
+    then.SEED = 0
+    old_stamp = {"config": "/elsewhere/fmnist_cpu_byol.yaml", "config_hash": config_hash(then),
+                 "variants": {k: list(v) for k, v in VARIANTS.items()}}
+    (tmp_path / "study.json").write_text(json.dumps(old_stamp))
+    with pytest.raises(UserError, match=r"another recipe or other overrides \(.*study\.json; "
+                                        r"OPTIM\.BASE_LR: 0\.002 there, 0\.01 here\)"):
+        study(opts=("OPTIM.BASE_LR", "0.01")).check_out_folder()
+    assert json.loads((tmp_path / "study.json").read_text()) == old_stamp  # a refusal writes nothing
+    study().check_out_folder()
+    assert json.loads((tmp_path / "study.json").read_text())["config_hash"] != old_stamp["config_hash"]
+    study().check_out_folder()  # restamped: the fast path now
+    then.METHOD = "simsiam"
+    (tmp_path / "recipe.yaml").write_text(then.dump())
+    (tmp_path / "study.json").write_text(json.dumps(old_stamp))
+    with pytest.raises(UserError, match="METHOD: simsiam there, byol here"):
+        study().check_out_folder()
+
+
 def _with_detection(manifest: dict, root: Path, ap50: dict[str, dict[int, float]], se: float = 1.0) -> dict:
     """Fake detection records added to a manifest's rows (AP = AP50 / 2, AP75 = AP50 / 3, bootstrap SE `se`)."""
     for key, values in ap50.items():
