@@ -19,20 +19,29 @@ from rimifm.schemas import record_to_dict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: paths whose changes leave a checkout clean for `code_version`: reports, docs and other prose (a study report
+#: made again while another one waits to be committed is not a change of code)
+NOT_CODE = (":(exclude)results", ":(exclude)docs", ":(exclude)*.md")
+
+
 @functools.cache
 def code_version() -> str:
-    """Package version plus the git commit (and '-dirty') when run from a checkout, as it was when first asked in
-    this process: the commands ask when they start, so a commit made during a long run does not relabel it."""
+    """Package version plus the git commit (and '-dirty' when a tracked file other than NOT_CODE differs from
+    it) when run from a checkout, as it was when first asked in this process: the commands ask when they start,
+    so a commit made during a long run does not relabel it."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         pkg = version("rimifm")
     except PackageNotFoundError:
         pkg = "0.1.0"
+    git = ["git", "-C", str(REPO_ROOT)]
     try:
-        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return f"{pkg}+{sha}" if sha else pkg
+        sha = subprocess.run([*git, "describe", "--always", "--abbrev=12"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return f"{pkg}+{sha}{'-dirty' if changed else ''}" if sha else pkg
     except (OSError, subprocess.SubprocessError):
         return pkg
 

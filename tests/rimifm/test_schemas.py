@@ -243,9 +243,41 @@ def test_the_code_version_is_the_one_the_process_started_with(monkeypatch) -> No
     records.code_version.cache_clear()
     try:
         first = records.code_version()
-        monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="0000later\n"))
+        monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(
+            cmd, 0, stdout="0000later\n" if "describe" in cmd else ""))
         assert records.code_version() == first
         records.code_version.cache_clear()
         assert records.code_version().endswith("+0000later")  # what a new process would read
+    finally:
+        records.code_version.cache_clear()
+
+
+def test_a_checkout_is_dirty_for_a_changed_code_file_not_for_a_changed_report(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from rimifm import records
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "study.md").write_text("a")
+    (tmp_path / "train.py").write_text("a")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)
+
+    def version() -> str:
+        records.code_version.cache_clear()
+        return records.code_version()
+
+    try:
+        assert "+" in version() and not version().endswith("-dirty")
+        (tmp_path / "results" / "study.md").write_text("b")
+        (tmp_path / "NOTES.md").write_text("untracked")
+        assert not version().endswith("-dirty")
+        (tmp_path / "train.py").write_text("b")
+        assert version().endswith("-dirty")
     finally:
         records.code_version.cache_clear()
