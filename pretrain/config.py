@@ -194,25 +194,26 @@ def recipe_hash(cfg: CfgNode) -> str:
     return config_hash(data, ignore=("OUTPUT_DIR",))
 
 
-def recipe_differences(before: dict, now: CfgNode) -> list[str]:
-    """What makes two merged configs different recipes, one 'KEY: A there, B here' a key: OUTPUT_DIR and SEED
-    are left out, and so is a key of ADDED_AT_OLD_VALUE at its old value (or absent), whatever keys existed
-    when `before` was written."""
-    a, b = _recipe_items(before), _recipe_items(config_to_dict(now))
-    absent = "(absent)"
-    return [f"{key}: {a.get(key, absent)} there, {b.get(key, absent)} here" for key in sorted(set(a) | set(b))
-            if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True)]
-
-
-def _recipe_items(data: dict, prefix: str = "") -> dict:
+def recipe_items(data: dict, prefix: str = "") -> dict:
+    """A merged config (nested dict) flattened to KEY -> value as far as it names the recipe: OUTPUT_DIR and SEED
+    left out, and the keys of ADDED_AT_OLD_VALUE at their old value, so it is the same before and after they
+    existed (the study's folder check; the tables' pooling leaves out more)."""
     out = {}
     for key, value in data.items():
         name = prefix + str(key)
         if isinstance(value, dict):
-            out.update(_recipe_items(value, name + "."))
+            out.update(recipe_items(value, name + "."))
         elif name not in ("OUTPUT_DIR", "SEED") and not (name in ADDED_AT_OLD_VALUE and value == ADDED_AT_OLD_VALUE[name]):
             out[name] = value
     return out
+
+
+def recipe_differences(before: dict, now: CfgNode) -> list[str]:
+    """What makes two merged configs different recipes (`recipe_items`), one 'KEY: A there, B here' a key."""
+    a, b = recipe_items(before), recipe_items(config_to_dict(now))
+    absent = "(absent)"
+    return [f"{key}: {a.get(key, absent)} there, {b.get(key, absent)} here" for key in sorted(set(a) | set(b))
+            if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True)]
 
 
 def online_linear_views(cfg: CfgNode) -> str:
@@ -338,4 +339,4 @@ def _key_error_text(exc: BaseException) -> str:
 
 
 __all__ = ["ADDED_AT_OLD_VALUE", "CONFIG_DIR", "CfgNode", "config_hash", "config_to_dict", "get_default_config",
-           "load_config", "recipe_differences", "recipe_hash", "resolve_config_path", "validate_config"]
+           "load_config", "recipe_differences", "recipe_hash", "recipe_items", "resolve_config_path", "validate_config"]

@@ -138,29 +138,16 @@ def find_records(dirs: Sequence[str | os.PathLike]) -> list[Path]:
     return sorted(found, key=lambda q: str(q))
 
 
-def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _pretraining_of(rec: PretrainRecord) -> Pretraining:
     """The Pretraining identity of a pretrain record."""
     name = rec.dataset["name"] if isinstance(rec.dataset, dict) else rec.dataset
     recipe = ""
     if isinstance(rec.config, dict):
         # imported here, not with the module: pretrain.config brings PyTorch, which `make_tables --help` need not
-        from pretrain.config import ADDED_AT_OLD_VALUE
+        from pretrain.config import recipe_items
 
-        flat = _flatten(rec.config)
-        recipe = stable_hash({k: v for k, v in flat.items()
-                              if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS
-                              and not (k in ADDED_AT_OLD_VALUE and v == ADDED_AT_OLD_VALUE[k])})
+        recipe = stable_hash({k: v for k, v in recipe_items(rec.config).items()
+                              if k not in _NON_RECIPE_KEYS and k.split(".")[0] not in _NON_RECIPE_KEYS})
     return Pretraining(rec.method.lower(), canon_backbone(rec.backbone), name, str(rec.epochs),
                        normalise_knobs(rec.rim, "rim"), normalise_knobs(rec.ifm, "ifm"), recipe)
 

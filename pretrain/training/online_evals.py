@@ -35,11 +35,9 @@ class OnlineEvaluations:
         n = self.cfg.TRAIN.PRECISE_BN_IMAGES
         if not n or self.progress.history.get("precise_bn_step") == self.progress.step:
             return
-        d = self.cfg.DATA
-        images = EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD)
         for backbone in (self.model.backbone, getattr(self.model, "target_backbone", None)):
             if backbone is not None:
-                used = recompute_bn(backbone, images, n, max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
+                used = self._recompute_bn(backbone, n)
         self.progress.history.update(precise_bn_images=used, precise_bn_step=self.progress.step)
         if self.env.main:
             print(f"BN statistics re-estimated on {used} clean training images (TRAIN.PRECISE_BN_IMAGES)", flush=True)
@@ -51,11 +49,15 @@ class OnlineEvaluations:
         cfg = self.cfg
         if not (cfg.RIM.ENABLED and cfg.ONLINE_LINEAR.VIEWS == "clean"):
             return None
-        d = cfg.DATA
         backbone = local_batch_norm(copy.deepcopy(self.model.backbone))  # this process alone: no SyncBN exchange
-        recompute_bn(backbone, EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD), cfg.ONLINE_LINEAR.BN_IMAGES,
-                     max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
+        self._recompute_bn(backbone, cfg.ONLINE_LINEAR.BN_IMAGES)
         return backbone
+
+    def _recompute_bn(self, backbone: torch.nn.Module, images: int) -> int:
+        """`backbone`'s BN statistics re-estimated on `images` clean (evaluation-view) training images; how many."""
+        d = self.cfg.DATA
+        return recompute_bn(backbone, EvalDataset(self.splits.train, d.IMAGE_SIZE, d.MEAN, d.STD), images,
+                            max(64, d.BATCH_SIZE), d.NUM_WORKERS, self.device)
 
     def online_linear(self, epoch: int) -> dict | None:
         """Top-1/top-5 of the online classifier on the clean validation split (main process), logged."""
